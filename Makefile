@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(PY) -m madis_ros.demo --out demo_out
 
 test: $(STAMP)
-	$(PY) -m pytest test -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider --durations=15
 
 bench: $(STAMP)
 	$(PY) benchmarks/student_speed.py

@@ -1,0 +1,202 @@
+"""sensor_msgs/Image <-> numpy, without surprises about step, endianness or channel order.
+
+Public API (stable; the node and the bag tools use it):
+
+    image_to_numpy(msg) -> np.ndarray
+        The pixels as the message stores them ("passthrough"): HxW for one channel,
+        HxWxC otherwise; native byte order, C-contiguous, row padding removed.
+    image_to_estimator_input(msg) -> np.ndarray
+        What ``StereoEstimator.predict`` takes: HxW (mono) or HxWx3 **RGB**, uint8 or
+        uint16 (bgr/bgra reordered, alpha dropped). Float encodings are refused.
+    numpy_to_image(array, encoding, header=None, frame_id=None, stamp=None,
+                   step=None, is_bigendian=False, msg=None) -> sensor_msgs.msg.Image
+        Builds an rclpy Image (or fills ``msg``). ``step`` > width*bpp pads rows;
+        ``is_bigendian`` writes big-endian multi-byte pixels (both mostly for tests
+        and for replaying odd recordings).
+    encoding_info(encoding) -> (numpy dtype, channels)
+    ImageConversionError (ValueError): every refusal, with the reason in the text;
+    UnsupportedEncodingError (a subclass) for an encoding not in the list.
+    SUPPORTED_ENCODINGS
+
+Why duck typing: the readers only touch ``height, width, encoding, is_bigendian,
+step, data``, so the same code decodes rclpy messages and the objects that
+``rosbags`` deserialises (whose ``data`` is a numpy array), and any mistake in a
+message (data shorter than step*height, step smaller than a row, an unknown
+encoding) becomes an ``ImageConversionError`` naming the problem instead of a numpy
+reshape error deep in the pipeline.
+
+cv_bridge: when it is importable (real ROS installs) the passthrough decode and the
+encode go through it, after our own validation, and fall back to the numpy path if
+it raises (some Python cv_bridge builds break under numpy 2). Both give identical
+arrays; ``USE_CV_BRIDGE`` turns it off (tests compare the two when it exists).
+"""
+from __future__ import annotations
+
+import array
+import sys
+from typing import Any, Optional, Tuple
+
+import numpy as np
+
+try:  # cv_bridge exists on real ROS installs, not on PyPI (the PyPI `cv-bridge` is a broken ROS 1 copy)
+    from cv_bridge import CvBridge as _CvBridge  # type: ignore
+
+    _BRIDGE = _CvBridge()
+except Exception:  # pragma: no cover - depends on the install
+    _BRIDGE = None
+
+#: use cv_bridge when importable; tests flip this to compare both paths
+USE_CV_BRIDGE = _BRIDGE is not None
+
+# encoding -> (dtype, channels); names as in sensor_msgs/image_encodings.hpp
+_ENCODINGS = {
+    "mono8": (np.uint8, 1),
+    "8UC1": (np.uint8, 1),
+    "mono16": (np.uint16, 1),
+    "16UC1": (np.uint16, 1),
+    "rgb8": (np.uint8, 3),
+    "bgr8": (np.uint8, 3),
+    "8UC3": (np.uint8, 3),
+    "rgba8": (np.uint8, 4),
+    "bgra8": (np.uint8, 4),
+    "rgb16": (np.uint16, 3),
+    "bgr16": (np.uint16, 3),
+    "rgba16": (np.uint16, 4),
+    "bgra16": (np.uint16, 4),
+    "32FC1": (np.float32, 1),
+}
+SUPPORTED_ENCODINGS = tuple(_ENCODINGS)
+
+
+class ImageConversionError(ValueError):
+    """A message that cannot be turned into an image (or an array that cannot become one)."""
+
+
+class UnsupportedEncodingError(ImageConversionError):
+    """The encoding is not one of SUPPORTED_ENCODINGS."""
+
+
+def encoding_info(encoding: str) -> Tuple[np.dtype, int]:
+    """``(dtype, channels)`` of a ROS image encoding; raises ImageConversionError if unsupported."""
+    try:
+        dtype, ch = _ENCODINGS[encoding]
+    except KeyError:
+        raise UnsupportedEncodingError(
+            f"unsupported image encoding {encoding!r}; supported: {', '.join(SUPPORTED_ENCODINGS)}") from None
+    return np.dtype(dtype), ch
+
+
+def _data_as_uint8(data: Any) -> np.ndarray:
+    """The message's byte buffer as a flat uint8 array, without copying when possible."""
+    if isinstance(data, np.ndarray):
+        return np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    if isinstance(data, (bytes, bytearray, memoryview, array.array)):
+        return np.frombuffer(data, dtype=np.uint8)
+    return np.asarray(data, dtype=np.uint8).reshape(-1)  # a list of ints (old bindings)
+
+
+def _check_layout(msg: Any) -> Tuple[np.dtype, int, int, int, int, np.ndarray]:
+    """Validate a message's geometry against its data; returns what decoding needs."""
+    dtype, ch = encoding_info(msg.encoding)
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h <= 0 or w <= 0:
+        raise ImageConversionError(f"image is empty ({w}x{h}, encoding {msg.encoding})")
+    row = w * ch * dtype.itemsize
+    if step < row:
+        raise ImageConversionError(
+            f"image step {step} is smaller than one row ({w} px x {ch} ch x {dtype.itemsize} B = {row} B)")
+    buf = _data_as_uint8(msg.data)
+    # The last row needs only `row` bytes, but ROS producers always send step*height.
+    if buf.size < step * h:
+        raise ImageConversionError(
+            f"image data has {buf.size} bytes, expected step*height = {step}*{h} = {step * h} "
+            f"({w}x{h} {msg.encoding})")
+    return dtype, ch, h, w, step, buf
+
+
+def _decode_numpy(msg: Any, dtype: np.dtype, ch: int, h: int, w: int, step: int, buf: np.ndarray) -> np.ndarray:
+    itemsize = dtype.itemsize
+    rows = buf[: step * h].reshape(h, step)[:, : w * ch * itemsize]
+    src_dtype = dtype.newbyteorder(">" if msg.is_bigendian else "<")
+    img = np.ascontiguousarray(rows).view(src_dtype).reshape((h, w) if ch == 1 else (h, w, ch))
+    return img.astype(dtype, copy=False) if src_dtype != dtype else img
+
+
+def image_to_numpy(msg: Any) -> np.ndarray:
+    """Decode ``msg`` as stored ("passthrough"): HxW or HxWxC, native byte order, contiguous."""
+    dtype, ch, h, w, step, buf = _check_layout(msg)
+    if USE_CV_BRIDGE and _BRIDGE is not None and not isinstance(msg.data, np.ndarray):
+        try:
+            img = _BRIDGE.imgmsg_to_cv2(msg, desired_encoding="passthrough")
+            img = np.ascontiguousarray(img).astype(dtype, copy=False)
+            if img.shape == ((h, w) if ch == 1 else (h, w, ch)):
+                return img
+        except Exception:  # pragma: no cover - cv_bridge/numpy 2 incompatibilities
+            pass
+    return np.ascontiguousarray(_decode_numpy(msg, dtype, ch, h, w, step, buf))
+
+
+def image_to_estimator_input(msg: Any) -> np.ndarray:
+    """Decode to what the estimator takes: HxW mono or HxWx3 RGB, uint8/uint16."""
+    img = image_to_numpy(msg)
+    enc = msg.encoding
+    if img.dtype.kind == "f":
+        raise UnsupportedEncodingError(f"encoding {enc!r} is a float image; stereo input must be an 8/16-bit camera image")
+    if img.ndim == 2:
+        return img
+    if enc.startswith("bgr"):
+        img = img[..., 2::-1]  # BGR(A) -> RGB, alpha dropped
+    else:
+        img = img[..., :3]
+    return np.ascontiguousarray(img)
+
+
+def numpy_to_image(arr: np.ndarray, encoding: str, header: Any = None, frame_id: Optional[str] = None,
+                   stamp: Any = None, step: Optional[int] = None, is_bigendian: bool = False, msg: Any = None):
+    """Encode ``arr`` as a sensor_msgs/Image with ``encoding``.
+
+    ``arr`` must already be in the encoding's channel order and dtype (e.g. RGB uint8
+    for rgb8, float32 for 32FC1); nothing is converted silently.
+    """
+    dtype, ch = encoding_info(encoding)
+    arr = np.asarray(arr)
+    if arr.ndim == 3 and arr.shape[2] == 1 and ch == 1:
+        arr = arr[..., 0]
+    expect = 2 if ch == 1 else 3
+    if arr.ndim != expect or (ch > 1 and arr.shape[2] != ch):
+        raise ImageConversionError(f"array of shape {arr.shape} does not fit encoding {encoding} ({ch} channel(s))")
+    if arr.dtype != dtype:
+        raise ImageConversionError(f"array dtype {arr.dtype} does not match encoding {encoding} ({dtype})")
+    h, w = arr.shape[:2]
+    row = w * ch * dtype.itemsize
+    step = row if step is None else int(step)
+    if step < row:
+        raise ImageConversionError(f"step {step} is smaller than one row ({row} bytes)")
+    if msg is None:
+        from sensor_msgs.msg import Image
+
+        msg = Image()
+    if header is not None:
+        msg.header = header
+    if frame_id is not None:
+        msg.header.frame_id = frame_id
+    if stamp is not None:
+        msg.header.stamp = stamp
+    native_big = sys.byteorder == "big"
+    if USE_CV_BRIDGE and _BRIDGE is not None and step == row and bool(is_bigendian) == native_big:
+        try:  # pragma: no cover - needs cv_bridge
+            m = _BRIDGE.cv2_to_imgmsg(np.ascontiguousarray(arr), encoding=encoding, header=msg.header)
+            return m
+        except Exception:
+            pass
+    out_dtype = dtype.newbyteorder(">" if is_bigendian else "<")
+    body = np.ascontiguousarray(arr, dtype=out_dtype).view(np.uint8).reshape(h, row)
+    if step > row:
+        padded = np.zeros((h, step), dtype=np.uint8)
+        padded[:, :row] = body
+        body = padded
+    msg.height, msg.width, msg.encoding = h, w, encoding
+    msg.is_bigendian = int(bool(is_bigendian)) if dtype.itemsize > 1 else 0
+    msg.step = step
+    msg.data = array.array("B", body.tobytes())
+    return msg

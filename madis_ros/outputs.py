@@ -1,0 +1,181 @@
+"""numpy results -> the ROS messages the node publishes (and back, for tests and bag tools).
+
+Public API (stable):
+    make_disparity_image(disparity, camera, header, min_disparity, max_disparity, delta_d)
+        -> stereo_msgs/DisparityImage. image 32FC1 (step = width*4); f = camera.fx (px),
+        t = camera.baseline (m, positive); valid_window = bounding box of the valid pixels.
+        Invalid pixels are written as ``min_disparity - 1`` (below min_disparity), the
+        stereo_image_proc convention, so existing consumers (disparity_view,
+        point_cloud_node) treat them as invalid. NaN never appears in the message.
+    disparity_from_msg(msg) -> float32 HxW with NaN for invalid (< min_disparity or non-finite)
+    make_depth_image(depth_m, header, encoding="32FC1")
+        -> sensor_msgs/Image: 32FC1 metres with NaN invalid (REP 118), or 16UC1
+        millimetres with 0 invalid (values that do not fit 1..65535 mm become 0).
+    make_confidence_image(confidence, header) -> 32FC1 in [0, 1] (NaN where unknown)
+    make_color_disparity_image(disparity, header, max_disparity=None) -> rgb8, invalid black
+    make_pointcloud2(points, header, colors=None) -> sensor_msgs/PointCloud2
+        points float32 hxwx3 (organized; NaN rows kept, is_dense False) or 1xNx3 / Nx3
+        (unorganized). Fields x, y, z float32 and, with colors (uint8 RGB), rgb: a float32
+        whose bits are 0x00RRGGBB (what RViz's RGB8 transformer reads). Vectorised.
+    pointcloud2_to_numpy(msg) -> (points float32 HxWx3, colors uint8 HxWx3 or None)
+    valid_window(disparity) -> (x_offset, y_offset, width, height)
+
+Why: units and invalid markers are the classic source of bugs between stereo nodes
+(16UC1 mm vs 32FC1 m, NaN vs 0), so every choice is made here once and documented.
+"""
+from __future__ import annotations
+
+import array
+from typing import Any, Optional, Tuple
+
+import numpy as np
+
+from madis_core.camera import StereoCamera
+from madis_ros.image_conversion import image_to_numpy, numpy_to_image
+
+_MM_MAX = 65535
+
+
+def _copy_header(header: Any):
+    from std_msgs.msg import Header
+
+    h = Header()
+    if header is not None:
+        h.stamp = header.stamp
+        h.frame_id = header.frame_id
+    return h
+
+
+def valid_window(disparity: np.ndarray) -> Tuple[int, int, int, int]:
+    """Bounding box (x, y, w, h) of the finite pixels; zeros when there are none."""
+    valid = np.isfinite(disparity)
+    cols, rows = np.flatnonzero(valid.any(axis=0)), np.flatnonzero(valid.any(axis=1))
+    if cols.size == 0:
+        return 0, 0, 0, 0
+    return int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)
+
+
+def make_disparity_image(disparity: np.ndarray, camera: StereoCamera, header: Any,
+                         min_disparity: float, max_disparity: float, delta_d: float):
+    """stereo_msgs/DisparityImage as ros-conventions.md describes it (see module doc)."""
+    from stereo_msgs.msg import DisparityImage
+
+    d = np.asarray(disparity, dtype=np.float32)
+    if d.shape != (camera.height, camera.width):
+        raise ValueError(f"disparity {d.shape[1]}x{d.shape[0]} does not match camera {camera.width}x{camera.height}")
+    msg = DisparityImage()
+    msg.header = _copy_header(header)
+    invalid = np.float32(min_disparity - 1.0)
+    body = np.where(np.isfinite(d) & (d >= min_disparity), d, invalid).astype(np.float32)
+    numpy_to_image(body, "32FC1", header=_copy_header(header), msg=msg.image)
+    msg.f = float(camera.fx)
+    msg.t = float(camera.baseline)
+    x, y, w, h = valid_window(np.where(body >= min_disparity, body, np.nan))
+    msg.valid_window.x_offset, msg.valid_window.y_offset = x, y
+    msg.valid_window.width, msg.valid_window.height = w, h
+    msg.min_disparity = float(min_disparity)
+    msg.max_disparity = float(max_disparity)
+    msg.delta_d = float(delta_d)
+    return msg
+
+
+def disparity_from_msg(msg: Any) -> np.ndarray:
+    """float32 HxW disparity from a DisparityImage, NaN where invalid."""
+    d = image_to_numpy(msg.image).astype(np.float32, copy=True)
+    d[~np.isfinite(d) | (d < msg.min_disparity)] = np.nan
+    return d
+
+
+def make_depth_image(depth_m: np.ndarray, header: Any, encoding: str = "32FC1"):
+    """Depth image: 32FC1 metres (NaN invalid) or 16UC1 millimetres (0 invalid)."""
+    z = np.asarray(depth_m, dtype=np.float32)
+    if encoding == "32FC1":
+        z = np.where(np.isfinite(z) & (z > 0), z, np.float32(np.nan)).astype(np.float32)
+        return numpy_to_image(z, "32FC1", header=_copy_header(header))
+    if encoding == "16UC1":
+        with np.errstate(invalid="ignore"):
+            mm = np.rint(z * 1000.0)
+            ok = np.isfinite(mm) & (mm >= 1) & (mm <= _MM_MAX)
+        out = np.where(ok, mm, 0).astype(np.uint16)
+        return numpy_to_image(out, "16UC1", header=_copy_header(header))
+    raise ValueError(f"depth encoding must be '32FC1' (metres) or '16UC1' (millimetres), got {encoding!r}")
+
+
+def make_confidence_image(confidence: np.ndarray, header: Any):
+    c = np.asarray(confidence, dtype=np.float32)
+    c = np.where(np.isfinite(c), np.clip(c, 0.0, 1.0), np.float32(np.nan)).astype(np.float32)
+    return numpy_to_image(c, "32FC1", header=_copy_header(header))
+
+
+def make_color_disparity_image(disparity: np.ndarray, header: Any, max_disparity: Optional[float] = None,
+                               min_disparity: float = 0.0):
+    from madis_core.io import colorize_disparity
+
+    rgb = colorize_disparity(disparity, max_disparity=max_disparity, min_disparity=min_disparity)
+    return numpy_to_image(np.ascontiguousarray(rgb, dtype=np.uint8), "rgb8", header=_copy_header(header))
+
+
+def _pack_rgb(colors: np.ndarray) -> np.ndarray:
+    c = colors.astype(np.uint32)
+    return ((c[..., 0] << 16) | (c[..., 1] << 8) | c[..., 2]).view(np.float32)
+
+
+def make_pointcloud2(points: np.ndarray, header: Any, colors: Optional[np.ndarray] = None):
+    """PointCloud2 with x, y, z (+ rgb) float32 fields; organized if ``points`` is hxwx3."""
+    from sensor_msgs.msg import PointCloud2, PointField
+
+    pts = np.asarray(points, dtype=np.float32)
+    if pts.ndim == 2 and pts.shape[1] == 3:
+        pts = pts[None]
+    if pts.ndim != 3 or pts.shape[2] != 3:
+        raise ValueError(f"points must be hxwx3 or Nx3, got {pts.shape}")
+    h, w = pts.shape[:2]
+    names = ["x", "y", "z"] + (["rgb"] if colors is not None else [])
+    rec = np.empty((h, w), dtype=np.dtype({"names": names, "formats": [np.float32] * len(names),
+                                           "offsets": [4 * i for i in range(len(names))], "itemsize": 4 * len(names)}))
+    rec["x"], rec["y"], rec["z"] = pts[..., 0], pts[..., 1], pts[..., 2]
+    if colors is not None:
+        col = np.asarray(colors, dtype=np.uint8)
+        if col.ndim == 2:
+            col = col[None]
+        if col.shape != (h, w, 3):
+            raise ValueError(f"colors shape {col.shape} does not match points {pts.shape}")
+        rec["rgb"] = _pack_rgb(col)
+    msg = PointCloud2()
+    msg.header = _copy_header(header)
+    msg.height, msg.width = h, w
+    msg.fields = [PointField(name=n, offset=4 * i, datatype=PointField.FLOAT32, count=1) for i, n in enumerate(names)]
+    msg.is_bigendian = False
+    msg.point_step = 4 * len(names)
+    msg.row_step = msg.point_step * w
+    msg.is_dense = bool(np.isfinite(pts).all())
+    msg.data = array.array("B", rec.tobytes())
+    return msg
+
+
+def pointcloud2_to_numpy(msg: Any) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """(points float32 HxWx3, colors uint8 HxWx3 or None) from a float32 x,y,z[,rgb] cloud."""
+    offsets = {f.name: int(f.offset) for f in msg.fields}
+    for n in ("x", "y", "z"):
+        if n not in offsets:
+            raise ValueError(f"PointCloud2 has no field {n!r} (fields: {sorted(offsets)})")
+    h, w, step = int(msg.height), int(msg.width), int(msg.point_step)
+    data = msg.data
+    buf = data.reshape(-1).view(np.uint8) if isinstance(data, np.ndarray) else np.frombuffer(data, dtype=np.uint8)
+    if buf.size < h * int(msg.row_step):
+        raise ValueError(f"PointCloud2 data has {buf.size} bytes, expected {h * int(msg.row_step)}")
+    rows = buf[: h * int(msg.row_step)].reshape(h, int(msg.row_step))[:, : w * step].reshape(h, w, step)
+    order = ">" if msg.is_bigendian else "<"
+    f32 = np.dtype(order + "f4")
+
+    def field(name: str) -> np.ndarray:
+        o = offsets[name]
+        return np.ascontiguousarray(rows[..., o:o + 4]).view(f32)[..., 0].astype(np.float32)
+
+    pts = np.stack([field("x"), field("y"), field("z")], axis=-1)
+    colors = None
+    if "rgb" in offsets:
+        o = offsets["rgb"]
+        v = np.ascontiguousarray(rows[..., o:o + 4]).view(np.dtype(order + "u4"))[..., 0]
+        colors = np.stack([(v >> 16) & 255, (v >> 8) & 255, v & 255], axis=-1).astype(np.uint8)
+    return pts, colors

@@ -1,0 +1,205 @@
+"""The per-frame pipeline shared by the node and the offline bag evaluator (no ROS imports).
+
+    settings = ProcessingSettings(inference_scale=0.5, publish_resolution="camera")
+    proc = StereoFrameProcessor(estimator, settings)
+    out = proc.process(left, right, camera)     # numpy images + madis_core StereoCamera
+    out.disparity, out.depth, out.points, out.colors, out.confidence, out.camera, out.timings_ms
+
+Public API (stable):
+    ProcessingSettings   what to compute and at which resolution (validated in __post_init__)
+    StereoFrameProcessor(estimator, settings).process(left, right, camera) -> FrameResult
+    FrameResult          arrays at the output resolution plus the camera that describes them
+    inference_size(width, height, settings) -> (w, h)
+    rgb8_for_colour(img) -> uint8 HxWx3 (mono replicated, 16-bit shifted)
+
+Why one place: the node and ``madis-bag eval`` must produce the same numbers from the
+same pair, and the resolution bookkeeping is easy to get wrong. Images are resized to
+the inference size, the camera is scaled with them (``StereoCamera.scaled``: fx, cx,
+doffs times sx; fy, cy times sy), the model runs, pixels under the confidence
+threshold or above ``max_disparity`` are invalidated, and if outputs are wanted at
+camera resolution the disparity is resized back and multiplied by W/w (disparities
+scale with x), so depth computed with the original camera is unchanged. Invalid is
+NaN throughout; ``min_depth``/``max_depth`` invalidate depth and points (not the
+disparity, which keeps the model's raw answer).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+import cv2
+import numpy as np
+
+from madis_core.camera import StereoCamera
+
+PUBLISH_RESOLUTIONS = ("camera", "inference")
+
+
+@dataclass
+class ProcessingSettings:
+    #: resize factor applied to the camera images before inference (ignored when
+    #: inference_width/height are set)
+    inference_scale: float = 1.0
+    #: explicit inference size in pixels; 0 = use inference_scale. Both or neither.
+    inference_width: int = 0
+    inference_height: int = 0
+    #: "camera": outputs at the input images' size; "inference": at the model's size
+    publish_resolution: str = "camera"
+    #: pixels whose confidence is below this become invalid (needs a model with confidence)
+    confidence_threshold: float = 0.0
+    #: disparities above this (inference pixels) become invalid; 0 = no limit
+    max_disparity: float = 0.0
+    #: depth range kept in depth and points (metres); 0 = no limit
+    min_depth: float = 0.0
+    max_depth: float = 0.0
+    compute_depth: bool = True
+    compute_points: bool = True
+    #: keep every n-th row and column of the cloud
+    cloud_decimation: int = 1
+    #: organized (h x w with NaN) or unorganized (finite points only, 1 x N)
+    cloud_organized: bool = True
+    cloud_color: bool = True
+
+    def __post_init__(self):
+        if not (math.isfinite(self.inference_scale) and 0 < self.inference_scale <= 4):
+            raise ValueError(f"inference_scale must be in (0, 4], got {self.inference_scale}")
+        if (self.inference_width > 0) != (self.inference_height > 0) or self.inference_width < 0 or self.inference_height < 0:
+            raise ValueError("inference_width and inference_height must both be > 0 (explicit size) or both 0 "
+                             f"(use inference_scale), got {self.inference_width}x{self.inference_height}")
+        if self.publish_resolution not in PUBLISH_RESOLUTIONS:
+            raise ValueError(f"publish_resolution must be one of {PUBLISH_RESOLUTIONS}, got {self.publish_resolution!r}")
+        if not 0.0 <= self.confidence_threshold <= 1.0:
+            raise ValueError(f"confidence_threshold must be in [0, 1], got {self.confidence_threshold}")
+        if not self.max_disparity >= 0:
+            raise ValueError(f"max_disparity must be >= 0 (0 = the model's range), got {self.max_disparity}")
+        if not (self.min_depth >= 0 and self.max_depth >= 0):
+            raise ValueError(f"min_depth and max_depth must be >= 0 (0 = no limit), got {self.min_depth}, {self.max_depth}")
+        if self.max_depth and self.min_depth >= self.max_depth:
+            raise ValueError(f"min_depth ({self.min_depth}) must be < max_depth ({self.max_depth})")
+        if int(self.cloud_decimation) < 1:
+            raise ValueError(f"cloud_decimation must be >= 1, got {self.cloud_decimation}")
+
+
+@dataclass
+class FrameResult:
+    #: float32 HxW pixels at the output resolution, NaN invalid
+    disparity: np.ndarray
+    #: camera describing the output resolution (use it for DisparityImage f/t and depth)
+    camera: StereoCamera
+    #: camera at the inference resolution
+    inference_camera: StereoCamera
+    #: float32 HxW metres, NaN invalid (None unless compute_depth)
+    depth: Optional[np.ndarray] = None
+    #: float32 hxwx3 (organized, decimated) or 1xNx3 (unorganized), left optical frame
+    points: Optional[np.ndarray] = None
+    #: uint8 RGB, same leading shape as points (None unless cloud_color)
+    colors: Optional[np.ndarray] = None
+    #: float32 HxW in [0, 1] at the output resolution, or None (model without confidence)
+    confidence: Optional[np.ndarray] = None
+    #: model disparity range and step in output pixels (DisparityImage min/max/delta_d)
+    min_disparity: float = 0.0
+    max_disparity: float = 0.0
+    delta_d: float = 1.0 / 16.0
+    timings_ms: Dict[str, float] = field(default_factory=dict)
+
+
+def inference_size(width: int, height: int, settings: ProcessingSettings) -> Tuple[int, int]:
+    """The (w, h) the model runs at for camera images of width x height."""
+    if settings.inference_width > 0:
+        return int(settings.inference_width), int(settings.inference_height)
+    s = float(settings.inference_scale)
+    return max(1, int(round(width * s))), max(1, int(round(height * s)))
+
+
+def rgb8_for_colour(img: np.ndarray) -> np.ndarray:
+    """uint8 HxWx3 RGB for colouring points: mono replicated, 16-bit reduced to 8."""
+    if img.dtype == np.uint16:
+        img = (img >> 8).astype(np.uint8)
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    return img
+
+
+def _resize(img: np.ndarray, w: int, h: int, interpolation: int) -> np.ndarray:
+    if img.shape[1] == w and img.shape[0] == h:
+        return img
+    return cv2.resize(img, (w, h), interpolation=interpolation)
+
+
+class StereoFrameProcessor:
+    """Runs one estimator over stereo pairs with the resolution and validity rules above."""
+
+    def __init__(self, estimator: Any, settings: Optional[ProcessingSettings] = None):
+        self.estimator = estimator
+        self.settings = settings or ProcessingSettings()
+
+    def process(self, left: np.ndarray, right: np.ndarray, camera: StereoCamera) -> FrameResult:
+        s = self.settings
+        t0 = time.perf_counter()
+        h, w = left.shape[:2]
+        if right.shape[:2] != (h, w):
+            raise ValueError(f"left and right sizes differ: {w}x{h} vs {right.shape[1]}x{right.shape[0]}")
+        if (camera.width, camera.height) != (w, h):
+            raise ValueError(f"camera is for {camera.width}x{camera.height} images but the images are {w}x{h}")
+        wi, hi = inference_size(w, h, s)
+        down = wi * hi < w * h
+        interp = cv2.INTER_AREA if down else cv2.INTER_LINEAR
+        left_i, right_i = _resize(left, wi, hi, interp), _resize(right, wi, hi, interp)
+        cam_i = camera if (wi, hi) == (w, h) else camera.scaled(wi, hi)
+        t1 = time.perf_counter()
+
+        res = self.estimator.predict(left_i, right_i)
+        t2 = time.perf_counter()
+
+        disp = res.disparity
+        conf = res.confidence
+        if conf is not None and s.confidence_threshold > 0:
+            disp = np.where(conf >= s.confidence_threshold, disp, np.float32(np.nan)).astype(np.float32)
+        if s.max_disparity > 0:
+            with np.errstate(invalid="ignore"):
+                disp = np.where(disp <= s.max_disparity, disp, np.float32(np.nan)).astype(np.float32)
+
+        if s.publish_resolution == "camera" and (wi, hi) != (w, h):
+            sx = w / wi
+            # Linear interpolation spreads NaN to the neighbours of holes: a conservative edge.
+            disp = (_resize(disp, w, h, cv2.INTER_LINEAR) * np.float32(sx)).astype(np.float32)
+            if conf is not None:
+                conf = np.clip(_resize(conf, w, h, cv2.INTER_LINEAR), 0.0, 1.0).astype(np.float32)
+            cam_out, colour_src = camera, left
+        else:
+            sx = 1.0
+            cam_out, colour_src = cam_i, left_i
+        out = FrameResult(disparity=np.ascontiguousarray(disp, dtype=np.float32), camera=cam_out,
+                          inference_camera=cam_i, confidence=conf,
+                          min_disparity=float(self.estimator.min_disparity) * sx,
+                          max_disparity=float(min(s.max_disparity, self.estimator.max_disparity) if s.max_disparity
+                                              else self.estimator.max_disparity) * sx,
+                          delta_d=float(self.estimator.delta_d) * sx)
+
+        if s.compute_depth or s.compute_points:
+            depth = cam_out.disparity_to_depth(out.disparity)
+            if s.min_depth > 0 or s.max_depth > 0:
+                lo = s.min_depth if s.min_depth > 0 else 0.0
+                hi = s.max_depth if s.max_depth > 0 else np.inf
+                with np.errstate(invalid="ignore"):
+                    depth[(depth < lo) | (depth > hi)] = np.nan
+            if s.compute_depth:
+                out.depth = depth
+            if s.compute_points:
+                k = int(s.cloud_decimation)
+                pts = cam_out.depth_to_points(depth)[::k, ::k]
+                cols = rgb8_for_colour(colour_src)[::k, ::k] if s.cloud_color else None
+                if not s.cloud_organized:
+                    keep = np.isfinite(pts[..., 2])
+                    pts = pts[keep][None]
+                    cols = cols[keep][None] if cols is not None else None
+                out.points = np.ascontiguousarray(pts)
+                out.colors = None if cols is None else np.ascontiguousarray(cols)
+        t3 = time.perf_counter()
+        out.timings_ms = {"resize": (t1 - t0) * 1e3, "inference": (t2 - t1) * 1e3,
+                          "postprocess": (t3 - t2) * 1e3, "total": (t3 - t0) * 1e3}
+        for k, v in (res.timings_ms or {}).items():
+            out.timings_ms.setdefault(f"model_{k}", float(v))
+        return out

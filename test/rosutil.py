@@ -1,0 +1,526 @@
+"""Test helpers for real multi-process ROS 2 tests (real rclpy, real DDS, no mocks).
+
+Public API (also used by the bag tool's tests):
+    ros_env(domain_id, **extra) -> dict        child environment: ROS_DOMAIN_ID, Fast DDS large-data
+                                               transport, unbuffered Python
+    make_scene(width, height, kind="plane", disparity=24.0, seed=0) -> Scene
+                                               textured synthetic stereo pair with exact ground truth
+    NodeProcess(params, domain_id, namespace="", name=...)     the stereo node in its own process
+        .start(), .stop(), .log_text(), .wait_for_log(regex, timeout), .rss_mb(), .returncode
+    ChildProcess(argv, domain_id, log_path)     any child (publisher below), same cleanup
+    start_publisher(domain_id, **options) -> ChildProcess
+                                               runs ``python test/rosutil.py publish`` (a separate
+                                               process publishing a scene pair + camera_info)
+    RosContext(domain_id)                       an rclpy context + node + background executor inside
+                                               the test process: .subscribe(type, topic, qos),
+                                               .publisher(type, topic, qos), .wait_for(pred, timeout)
+    StereoInputs(rc, qos=RELIABLE, namespace="") publishers for the node's four inputs:
+                                               .wait_matched(), .send(msgs, right_offset_ms, infos, images)
+                                               -> left stamp, .prime(msgs, collector) (send until output)
+    outputs_with_stamp(collector, stamp), to_time(s), clock_msg(s), RELIABLE, BEST_EFFORT
+    diagnostics_values(msgs, name_part) -> dict the latest key/values of our DiagnosticStatus
+    image_pair_messages(scene, ...)             Image + CameraInfo messages for a scene
+    stop_all()                                  kills every child still running (also at exit)
+
+Discovery is asymmetric: a writer can see a reader before that reader knows the writer,
+and a best-effort reader drops data from writers it does not know yet, so the first
+message after "matched" may be lost. StereoInputs.wait_matched() waits a little longer
+and .prime() confirms the path end to end; the publisher process waits 1.5 s.
+Children run in their own session and are stopped with SIGINT, then SIGTERM, then
+SIGKILL on their process group, so nothing outlives a test even when it fails.
+Why these transport settings: with Fast DDS's default transports large best-effort
+images between processes are mostly lost (environment.md); LARGE_DATA fixes it.
+ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST is deliberately NOT set: with it, rmw_fastrtps
+configures its own transports and LARGE_DATA no longer applies (measured here: 12 of 300
+640x480 pairs arrived at 30 Hz, against 300 of 300 without it). Domain ids isolate tests.
+"""
+from __future__ import annotations
+
+import argparse
+import atexit
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+TRANSPORT_ENV = {"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA"}
+for _k, _v in TRANSPORT_ENV.items():  # the test process itself talks DDS too
+    os.environ.setdefault(_k, _v)
+
+_CHILDREN: List["ChildProcess"] = []
+
+
+def _qos(reliable: bool, depth: int = 10):
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    return QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT)
+
+
+RELIABLE = _qos(True)
+BEST_EFFORT = _qos(False)
+
+
+def ros_env(domain_id: int, **extra: str) -> Dict[str, str]:
+    env = dict(os.environ)
+    env.update(TRANSPORT_ENV)
+    env["ROS_DOMAIN_ID"] = str(int(domain_id))
+    env["PYTHONUNBUFFERED"] = "1"
+    env["RCUTILS_COLORIZED_OUTPUT"] = "0"
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+# --- synthetic scene ----------------------------------------------------------------------------------
+@dataclass
+class Scene:
+    left: np.ndarray  # uint8 HxWx3 RGB
+    right: np.ndarray
+    disparity: np.ndarray  # float32 HxW ground truth (left view)
+    camera: Any  # madis_core.camera.StereoCamera
+
+    @property
+    def depth(self) -> np.ndarray:
+        return self.camera.disparity_to_depth(self.disparity)
+
+
+def make_scene(width: int = 320, height: int = 240, kind: str = "plane", disparity: float = 24.0,
+               seed: int = 0, fx: float = 300.0, baseline: float = 0.1) -> Scene:
+    """A textured pair SGBM matches well: ``plane`` (fronto-parallel, constant integer
+    disparity) or ``slanted`` (disparity grows linearly with the row, like a floor).
+    The right image is the left texture shifted by the disparity, so the truth is exact."""
+    import cv2
+
+    from madis_core.camera import StereoCamera
+
+    rng = np.random.default_rng(seed)
+    pad = int(disparity * 2 + 8)
+    tex = rng.integers(0, 256, size=(height, width + pad, 3)).astype(np.float32)
+    tex = cv2.GaussianBlur(tex, (0, 0), 1.0)
+    tex = np.clip((tex - tex.mean()) * 2.5 + 128, 0, 255).astype(np.float32)
+    if kind == "plane":
+        disp = np.full((height, width), float(disparity), np.float32)
+    elif kind == "slanted":
+        disp = (0.6 * disparity + 0.8 * disparity * np.arange(height, dtype=np.float32)[:, None] / height
+                ) * np.ones((1, width), np.float32)
+    else:
+        raise ValueError(f"unknown scene kind {kind!r}")
+    xs = np.arange(width, dtype=np.float32)[None, :].repeat(height, 0) + pad // 2
+    ys = np.arange(height, dtype=np.float32)[:, None].repeat(width, 1)
+    left = cv2.remap(tex, xs, ys, cv2.INTER_LINEAR)
+    # right(u) = left(u + d): the point at left column u appears d px further left in the right view
+    right = cv2.remap(tex, xs + disp, ys, cv2.INTER_LINEAR)
+    cam = StereoCamera(width, height, fx, fx, (width - 1) / 2.0, (height - 1) / 2.0, baseline)
+    return Scene(left.round().astype(np.uint8), right.round().astype(np.uint8), disp.astype(np.float32), cam)
+
+
+def image_pair_messages(scene: Scene, encoding: str = "rgb8", frame: str = "left_optical", stamp: Any = None):
+    """(left Image, right Image, left CameraInfo, right CameraInfo) rclpy messages for ``scene``."""
+    from madis_ros.camera_info import camera_infos_from_stereo_camera
+    from madis_ros.image_conversion import numpy_to_image
+
+    imgs = []
+    for img in (scene.left, scene.right):
+        if encoding == "bgr8":
+            img = img[..., ::-1]
+        elif encoding == "mono8":
+            img = (img.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).round().astype(np.uint8)
+        imgs.append(numpy_to_image(np.ascontiguousarray(img), encoding, frame_id=frame, stamp=stamp))
+    imgs[1].header.frame_id = frame.replace("left", "right")
+    li, ri = camera_infos_from_stereo_camera(scene.camera, frame, frame.replace("left", "right"), stamp=stamp)
+    return imgs[0], imgs[1], li, ri
+
+
+# --- child processes -------------------------------------------------------------------------------------
+class ChildProcess:
+    """A child in its own session with its output in a log file; always cleaned up."""
+
+    def __init__(self, argv: List[str], domain_id: int, log_path: Optional[str] = None, env_extra=None):
+        self.argv = argv
+        self.env = ros_env(domain_id, **(env_extra or {}))
+        self.log_path = log_path or tempfile.mktemp(prefix="madis_child_", suffix=".log")
+        self.proc: Optional[subprocess.Popen] = None
+
+    def start(self) -> "ChildProcess":
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(self.argv, env=self.env, cwd=str(REPO), stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        _CHILDREN.append(self)
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def returncode(self) -> Optional[int]:
+        return None if self.proc is None else self.proc.poll()
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_text(self) -> str:
+        try:
+            return Path(self.log_path).read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def wait_for_log(self, pattern: str, timeout: float) -> Optional[re.Match]:
+        rx = re.compile(pattern)
+        end = time.monotonic() + timeout
+        while True:
+            m = rx.search(self.log_text())
+            if m or time.monotonic() > end:
+                return m
+            if not self.running():
+                return rx.search(self.log_text())
+            time.sleep(0.1)
+
+    def wait(self, timeout: float) -> Optional[int]:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def rss_mb(self) -> float:
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+        return float("nan")
+
+    def stop(self, timeout: float = 10.0) -> Optional[int]:
+        if self.proc is None:
+            return None
+        for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
+            if self.proc.poll() is not None:
+                break
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                continue
+        try:  # anything the child left in its group
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if not self._log.closed:
+            self._log.close()
+        if self in _CHILDREN:
+            _CHILDREN.remove(self)
+        return self.proc.poll()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class NodeProcess(ChildProcess):
+    """``python -m madis_ros.stereo_node`` with a params file written from ``params``."""
+
+    def __init__(self, params: Dict[str, Any], domain_id: int, namespace: str = "", name: Optional[str] = None,
+                 extra_args: Optional[List[str]] = None, log_path: Optional[str] = None):
+        import yaml
+
+        fd, self.params_path = tempfile.mkstemp(prefix="madis_params_", suffix=".yaml")
+        with os.fdopen(fd, "w") as f:
+            yaml.safe_dump({"/**": {"ros__parameters": dict(params)}}, f)
+        argv = [sys.executable, "-m", "madis_ros.stereo_node", "--ros-args", "--params-file", self.params_path]
+        if namespace:
+            argv += ["-r", f"__ns:={namespace}"]
+        if name:
+            argv += ["-r", f"__node:={name}"]
+        argv += list(extra_args or [])
+        super().__init__(argv, domain_id, log_path)
+
+    def stop(self, timeout: float = 10.0) -> Optional[int]:
+        rc = super().stop(timeout)
+        try:
+            os.unlink(self.params_path)
+        except OSError:
+            pass
+        return rc
+
+
+def start_publisher(domain_id: int, **options: Any) -> ChildProcess:
+    """A separate publisher process (see ``publish_main`` for the options)."""
+    argv = [sys.executable, str(Path(__file__).resolve()), "publish"]
+    for k, v in options.items():
+        argv += [f"--{k.replace('_', '-')}", str(v)]
+    return ChildProcess(argv, domain_id).start()
+
+
+def stop_all() -> None:
+    for c in list(_CHILDREN):
+        c.stop(timeout=3.0)
+
+
+atexit.register(stop_all)
+
+
+# --- in-test ROS context --------------------------------------------------------------------------------
+class Collector:
+    """Messages of one subscription with their steady and wall receipt times."""
+
+    def __init__(self):
+        self.items: List[tuple] = []  # (monotonic, time.time(), msg)
+        self.lock = threading.Lock()
+
+    def __call__(self, msg: Any) -> None:
+        with self.lock:
+            self.items.append((time.monotonic(), time.time(), msg))
+
+    @property
+    def msgs(self) -> List[Any]:
+        with self.lock:
+            return [m for _, _, m in self.items]
+
+    def __len__(self) -> int:
+        with self.lock:
+            return len(self.items)
+
+    def last(self) -> Any:
+        with self.lock:
+            return self.items[-1][2] if self.items else None
+
+    def clear(self) -> None:
+        with self.lock:
+            self.items.clear()
+
+
+class RosContext:
+    """An isolated rclpy context on ``domain_id`` with one node spun in a background thread."""
+
+    def __init__(self, domain_id: int, node_name: str = "madis_test"):
+        self.domain_id = domain_id
+        self.node_name = node_name
+
+    def __enter__(self) -> "RosContext":
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.ctx = rclpy.Context()
+        rclpy.init(context=self.ctx, domain_id=self.domain_id, signal_handler_options=rclpy.SignalHandlerOptions.NO)
+        self.node = rclpy.create_node(self.node_name, context=self.ctx)
+        self.executor = SingleThreadedExecutor(context=self.ctx)
+        self.executor.add_node(self.node)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+        return self
+
+    def _spin(self) -> None:
+        while not self._stop.is_set() and self.ctx.ok():
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def __exit__(self, *exc) -> None:
+        import rclpy
+
+        # stop spinning, then destroy the node (its DDS participant) before the context
+        self._stop.set()
+        self._thread.join(timeout=5.0)
+        self.executor.shutdown(timeout_sec=1.0)
+        self.node.destroy_node()
+        rclpy.try_shutdown(context=self.ctx)
+
+    def subscribe(self, msg_type: Any, topic: str, qos: Any = None) -> Collector:
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+        col = Collector()
+        qos = qos or QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        self.node.create_subscription(msg_type, topic, col, qos)
+        return col
+
+    def publisher(self, msg_type: Any, topic: str, qos: Any = None) -> Any:
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+        qos = qos or QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        return self.node.create_publisher(msg_type, topic, qos)
+
+    def now_msg(self) -> Any:
+        return self.node.get_clock().now().to_msg()
+
+    @staticmethod
+    def wait_for(pred: Callable[[], bool], timeout: float, period: float = 0.05) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if pred():
+                return True
+            time.sleep(period)
+        return bool(pred())
+
+    def wait_for_subscribers(self, pub: Any, n: int = 1, timeout: float = 20.0) -> bool:
+        return self.wait_for(lambda: pub.get_subscription_count() >= n, timeout)
+
+
+def to_time(t: float):
+    """builtin_interfaces/Time from seconds."""
+    from builtin_interfaces.msg import Time
+
+    ns = int(round(t * 1e9))
+    return Time(sec=ns // 10**9, nanosec=ns % 10**9)
+
+
+def clock_msg(t: float):
+    """rosgraph_msgs/Clock at ``t`` seconds (for use_sim_time tests)."""
+    from rosgraph_msgs.msg import Clock
+
+    return Clock(clock=to_time(t))
+
+
+def outputs_with_stamp(col: "Collector", stamp: Any) -> List[Any]:
+    return [m for m in col.msgs if m.header.stamp == stamp]
+
+
+class StereoInputs:
+    """Publishers for the node's four input topics inside a RosContext (tests craft any message)."""
+
+    def __init__(self, rc: "RosContext", qos: Any = None, namespace: str = ""):
+        from sensor_msgs.msg import CameraInfo, Image
+
+        qos = qos or RELIABLE
+        ns = namespace.rstrip("/")
+        t = (lambda name: f"{ns}/{name}" if ns else name)
+        self.rc = rc
+        self.img = [rc.publisher(Image, t("left/image_rect"), qos), rc.publisher(Image, t("right/image_rect"), qos)]
+        self.info = [rc.publisher(CameraInfo, t("left/camera_info"), qos),
+                     rc.publisher(CameraInfo, t("right/camera_info"), qos)]
+        self.t = time.time()
+
+    def wait_matched(self):
+        """Discovery is asymmetric: our writers may see the node's readers before the node's
+        readers know our writers, and a best-effort reader drops data from unknown writers.
+        So wait for the match and then a little longer; callers still confirm their first pair."""
+        for p in self.img + self.info:
+            assert self.rc.wait_for_subscribers(p), "the node's subscription was not discovered"
+        time.sleep(1.0)
+
+    def prime(self, msgs, outputs, timeout=20.0):
+        """Send good pairs until one comes out: the path is then up end to end."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            stamp = self.send(msgs)
+            if self.rc.wait_for(lambda: outputs_with_stamp(outputs, stamp), 1.0):
+                return stamp
+        raise AssertionError("no output for any primed pair")
+
+    def send(self, msgs, right_offset_ms=0.0, infos=True, images=True):
+        """Publish one pair (camera_info first); stamps advance by >= 50 ms per pair, and follow
+        the wall clock unless ``self.t`` was set to a simulated time."""
+        li, ri, lc, rc = msgs
+        self.t = self.t + 0.05 if self.t < 1e6 else max(self.t + 0.05, time.time())
+        sl, sr = to_time(self.t), to_time(self.t + right_offset_ms / 1e3)
+        for m, s in ((li, sl), (ri, sr), (lc, sl), (rc, sr)):
+            m.header.stamp = s
+        if infos:
+            self.info[0].publish(lc)
+            self.info[1].publish(rc)
+            time.sleep(0.05)  # camera_info first, so the node sees the calibration of this very pair
+        if images:
+            self.img[0].publish(li)
+            self.img[1].publish(ri)
+        return sl
+
+
+def diagnostics_values(msgs: List[Any], name_part: str = "stereo") -> Dict[str, str]:
+    """Key/values of the newest DiagnosticStatus whose name contains ``name_part``."""
+    for arr in reversed(msgs):
+        for st in arr.status:
+            if name_part in st.name:
+                out = {kv.key: kv.value for kv in st.values}
+                out["_level"] = st.level[0] if isinstance(st.level, (bytes, bytearray)) else int(st.level)
+                out["_message"] = st.message
+                return out
+    return {}
+
+
+# --- the publisher process ------------------------------------------------------------------------------
+def publish_main(argv: Optional[List[str]] = None) -> int:
+    """Publish a synthetic stereo pair with camera_info at a rate; print a JSON summary at the end."""
+    p = argparse.ArgumentParser(prog="rosutil.py publish")
+    p.add_argument("--width", type=int, default=320)
+    p.add_argument("--height", type=int, default=240)
+    p.add_argument("--kind", default="plane")
+    p.add_argument("--disparity", type=float, default=24.0)
+    p.add_argument("--encoding", default="rgb8")
+    p.add_argument("--rate", type=float, default=10.0)
+    p.add_argument("--duration", type=float, default=5.0, help="seconds of publishing after the first subscriber")
+    p.add_argument("--qos", default="best_effort", choices=["best_effort", "reliable"])
+    p.add_argument("--right-offset-ms", type=float, default=0.0, help="right stamps later than left by this")
+    p.add_argument("--namespace", default="")
+    p.add_argument("--wait-subscribers", type=float, default=20.0)
+    a = p.parse_args(argv)
+
+    import rclpy
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo, Image
+
+    rclpy.init()
+    node = rclpy.create_node("madis_test_publisher")
+    rel = ReliabilityPolicy.BEST_EFFORT if a.qos == "best_effort" else ReliabilityPolicy.RELIABLE
+    qos = QoSProfile(depth=5, reliability=rel)
+    ns = a.namespace.rstrip("/")
+    topic = (lambda t: f"{ns}/{t}" if ns else t)
+    pubs = [node.create_publisher(Image, topic("left/image_rect"), qos),
+            node.create_publisher(Image, topic("right/image_rect"), qos),
+            node.create_publisher(CameraInfo, topic("left/camera_info"), qos),
+            node.create_publisher(CameraInfo, topic("right/camera_info"), qos)]
+    scene = make_scene(a.width, a.height, a.kind, a.disparity)
+    msgs = image_pair_messages(scene, a.encoding)
+    end = time.monotonic() + a.wait_subscribers
+    while min(p.get_subscription_count() for p in pubs) == 0 and time.monotonic() < end:
+        time.sleep(0.05)
+    time.sleep(1.5)  # matched here does not mean the reader knows us yet (asymmetric discovery)
+    period = 1.0 / a.rate
+    t_next = time.monotonic()
+    t_end = t_next + a.duration
+    sent, late = 0, 0
+    offset_ns = int(round(a.right_offset_ms * 1e6))
+    while time.monotonic() < t_end:
+        now = node.get_clock().now()
+        stamp_l = now.to_msg()
+        stamp_r = (now + rclpy.duration.Duration(nanoseconds=offset_ns)).to_msg()
+        for m, st in zip(msgs, (stamp_l, stamp_r, stamp_l, stamp_r)):
+            m.header.stamp = st
+        for pub, m in zip(pubs, msgs):
+            pub.publish(m)
+        sent += 1
+        t_next += period
+        delay = t_next - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        else:
+            late += 1
+            t_next = time.monotonic()
+    print("PUBLISHED " + json.dumps({"sent": sent, "late": late, "rate": a.rate,
+                                     "achieved_hz": sent / max(a.duration, 1e-9)}), flush=True)
+    time.sleep(0.5)
+    node.destroy_node()
+    rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "publish":
+        sys.exit(publish_main(sys.argv[2:]))
+    print("usage: rosutil.py publish [options]", file=sys.stderr)
+    sys.exit(2)
