@@ -179,8 +179,8 @@ class StereoEstimator:
 
 
 def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available else ``cpu`` (with a warning);
-    ``cuda[:N]`` without CUDA raises a clear error."""
+    """``auto`` -> ``cuda`` when available else ``cpu`` (callers such as the node log the
+    fallback); ``cuda[:N]`` without CUDA raises a clear error."""
     import torch
 
     device = (device or "auto").strip()

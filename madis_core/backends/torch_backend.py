@@ -73,7 +73,10 @@ class TorchBackend(StereoBackend):
     def predict_tensors(self, left: torch.Tensor, right: torch.Tensor) -> dict:
         """Batched forward on B x 3 x H x W float tensors in [0, 1]; pads to size_divisor."""
         h, w = left.shape[-2:]
-        div = self.size_divisor
+        infer = getattr(self.net, "infer", None)
+        # A model with its own inference procedure (e.g. MaDis' tiling) handles any size
+        # itself; padding it would put tiles on the replicated border.
+        div = 1 if infer is not None else self.size_divisor
         ph, pw = (-h) % div, (-w) % div
         if ph or pw:
             left = F.pad(left, (0, pw, 0, ph), mode="replicate")
@@ -81,10 +84,8 @@ class TorchBackend(StereoBackend):
         if self.channels_last:
             left = left.contiguous(memory_format=torch.channels_last)
             right = right.contiguous(memory_format=torch.channels_last)
-        infer = getattr(self.net, "infer", None)
         with torch.autocast(device_type=self.device.split(":")[0], dtype=_DTYPES[self.precision],
                             enabled=self.precision != "fp32"):
-            # A model with its own inference procedure (e.g. MaDis' tiling) exposes infer().
             out = infer(left, right) if infer is not None else self._forward(left, right)
         return {k: v[..., :h, :w].float() for k, v in out.items() if isinstance(v, torch.Tensor) and v.dim() == 4}
 
