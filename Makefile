@@ -8,6 +8,8 @@ REQS := requirements/core.txt requirements/test.txt $(if $(ROS_DISTRO),,requirem
 STAMP := $(VENV)/.installed-$(if $(ROS_DISTRO),$(ROS_DISTRO),pypi)
 # Large images between processes need Fast DDS's large-data transport (see README).
 export FASTDDS_BUILTIN_TRANSPORTS ?= LARGE_DATA
+# Idle OpenMP threads sleep instead of spinning (CPU inference shares 2 cores with DDS).
+export OMP_WAIT_POLICY ?= PASSIVE
 export PYTHONUNBUFFERED := 1
 
 .PHONY: venv demo test bench clean

@@ -25,8 +25,8 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from madis_ros.processing import PUBLISH_RESOLUTIONS, ProcessingSettings
 
-#: the node's default model; the trained student becomes the default here later
-DEFAULT_MODEL = "sgbm"
+#: the node's default model: the shipped distilled-pipeline student (madis_core/weights/student.safetensors)
+DEFAULT_MODEL = "student"
 
 QOS_CHOICES = ("sensor_data", "reliable", "system_default")
 DEPTH_ENCODINGS = ("32FC1", "16UC1")

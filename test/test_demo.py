@@ -15,15 +15,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from madis_ros.params import DEFAULT_MODEL
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _run_demo(out: Path, domain: int, *extra: str, timeout: float = 170.0) -> subprocess.CompletedProcess:
+    """The demo as `make demo` runs it: the node's default model (the shipped student)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("ROS_DOMAIN_ID", None)
     return subprocess.run([sys.executable, "-m", "madis_ros.demo", "--out", str(out), "--domain-id", str(domain),
-                           "--model", "sgbm", *extra], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+                           *extra], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def _no_leftover_processes(out: Path) -> None:
@@ -59,21 +61,26 @@ def test_demo_end_to_end(tmp_path):
     assert "latency camera stamp -> disparity received" in text
 
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["model"] == "sgbm"
+    assert summary["model"] == DEFAULT_MODEL == "student"
     frames = {f["name"]: f for f in summary["frames"]}
     assert set(frames) == {"synthetic_0", "synthetic_1", "synthetic_2", "motorcycle"}
     moto = frames["motorcycle"]
     assert moto["received"] == ["disparity", "depth", "points2"]
     assert moto["latency_ms"] is not None and 0 < moto["latency_ms"] < 30_000
 
-    # What came back over DDS equals SGBM run here on the same pair: nothing in the bag, the
-    # transport or the conversions changed a pixel.
+    # What came back over DDS equals the same model run here on the same pair: nothing in the
+    # bag, the transport or the conversions changed a pixel (float sums may differ in the last
+    # bits between thread counts, hence the small tolerance).
     sample = load_motorcycle()
-    est = StereoEstimator.from_pretrained("sgbm")
+    est = StereoEstimator.from_pretrained(DEFAULT_MODEL, device="cpu")
     ref = compute_metrics(est.predict(sample["left"], sample["right"]).disparity, sample["disparity"])
-    for k in ("bad_1", "bad_2", "bad_3", "epe", "density", "n"):
-        assert summary["motorcycle"][k] == pytest.approx(ref[k], rel=1e-6, abs=1e-6), k
-    assert f"bad-2 {ref['bad_2']:.2f} %" in moto_line
+    for k in ("bad_1", "bad_2", "bad_3", "density", "n"):
+        assert summary["motorcycle"][k] == pytest.approx(ref[k], abs=0.02), k
+    assert summary["motorcycle"]["epe"] == pytest.approx(ref["epe"], rel=1e-3)
+    # the shipped student beats SGBM's bad-2 on this real pair (holes count as errors)
+    sgbm = StereoEstimator.from_pretrained("sgbm")
+    sgbm_bad2 = compute_metrics(sgbm.predict(sample["left"], sample["right"]).disparity, sample["disparity"])["bad_2"]
+    assert summary["motorcycle"]["bad_2"] < sgbm_bad2
 
     disp = read_pfm(out / "disparity.pfm")
     color = read_image(out / "disparity_color.png")
