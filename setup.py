@@ -9,7 +9,7 @@ setup(
     name=package_name,
     version="0.1.0",
     packages=find_packages(include=["madis_core", "madis_core.*", "madis_ros", "madis_ros.*"]),
-    package_data={"madis_core": ["weights/*.safetensors", "weights/*.json", "weights/*.md"]},
+    package_data={"madis_core": ["weights/*.safetensors", "weights/*.json", "weights/*.yaml", "weights/*.md"]},
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),
