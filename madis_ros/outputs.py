@@ -22,16 +22,23 @@ Public API (stable):
 
 Why: units and invalid markers are the classic source of bugs between stereo nodes
 (16UC1 mm vs 32FC1 m, NaN vs 0), so every choice is made here once and documented.
+
+Speed: these builders run once per frame in the node, so each is a few whole-array
+passes with no Python loops: the point cloud's interleaved x,y,z,rgb buffer comes from
+``cv2.cvtColor`` (3 -> 4 channels, ~0.5 ms at 640x480) instead of numpy field-by-field
+strided writes into a structured array (~6-8 ms), the rgb word from one BGRA conversion
+viewed as uint32, and every message's ``data`` is filled with a single copy
+(``set_uint8_data``). benchmarks/node_latency.py --overhead-only measures the whole path.
 """
 from __future__ import annotations
 
-import array
 from typing import Any, Optional, Tuple
 
+import cv2
 import numpy as np
 
 from madis_core.camera import StereoCamera
-from madis_ros.image_conversion import image_to_numpy, numpy_to_image
+from madis_ros.image_conversion import image_to_numpy, numpy_to_image, set_uint8_data
 
 _MM_MAX = 65535
 
@@ -48,7 +55,11 @@ def _copy_header(header: Any):
 
 def valid_window(disparity: np.ndarray) -> Tuple[int, int, int, int]:
     """Bounding box (x, y, w, h) of the finite pixels; zeros when there are none."""
-    valid = np.isfinite(disparity)
+    return _mask_window(np.isfinite(disparity))
+
+
+def _mask_window(valid: np.ndarray) -> Tuple[int, int, int, int]:
+    """Bounding box (x, y, w, h) of the true pixels of a boolean mask; zeros when none."""
     cols, rows = np.flatnonzero(valid.any(axis=0)), np.flatnonzero(valid.any(axis=1))
     if cols.size == 0:
         return 0, 0, 0, 0
@@ -66,11 +77,13 @@ def make_disparity_image(disparity: np.ndarray, camera: StereoCamera, header: An
     msg = DisparityImage()
     msg.header = _copy_header(header)
     invalid = np.float32(min_disparity - 1.0)
-    body = np.where(np.isfinite(d) & (d >= min_disparity), d, invalid).astype(np.float32)
+    valid = np.isfinite(d)
+    valid &= d >= np.float32(min_disparity)  # NaN compares false: no warning, no extra pass
+    body = np.where(valid, d, invalid)
     numpy_to_image(body, "32FC1", header=_copy_header(header), msg=msg.image)
     msg.f = float(camera.fx)
     msg.t = float(camera.baseline)
-    x, y, w, h = valid_window(np.where(body >= min_disparity, body, np.nan))
+    x, y, w, h = _mask_window(valid)
     msg.valid_window.x_offset, msg.valid_window.y_offset = x, y
     msg.valid_window.width, msg.valid_window.height = w, h
     msg.min_disparity = float(min_disparity)
@@ -90,8 +103,9 @@ def make_depth_image(depth_m: np.ndarray, header: Any, encoding: str = "32FC1"):
     """Depth image: 32FC1 metres (NaN invalid) or 16UC1 millimetres (0 invalid)."""
     z = np.asarray(depth_m, dtype=np.float32)
     if encoding == "32FC1":
-        z = np.where(np.isfinite(z) & (z > 0), z, np.float32(np.nan)).astype(np.float32)
-        return numpy_to_image(z, "32FC1", header=_copy_header(header))
+        ok = z > 0  # NaN compares false
+        ok &= z < np.inf
+        return numpy_to_image(np.where(ok, z, np.float32(np.nan)), "32FC1", header=_copy_header(header))
     if encoding == "16UC1":
         with np.errstate(invalid="ignore"):
             mm = np.rint(z * 1000.0)
@@ -109,15 +123,58 @@ def make_confidence_image(confidence: np.ndarray, header: Any):
 
 def make_color_disparity_image(disparity: np.ndarray, header: Any, max_disparity: Optional[float] = None,
                                min_disparity: float = 0.0):
-    from madis_core.io import colorize_disparity
+    """rgb8 turbo colouring, pixel for pixel what ``madis_core.io.colorize_disparity`` gives
+    (invalid = non-finite or <= 0 -> black), computed without boolean-mask indexing."""
+    if max_disparity is None:  # needs a percentile over the valid pixels: the reference code
+        from madis_core.io import colorize_disparity
 
-    rgb = colorize_disparity(disparity, max_disparity=max_disparity, min_disparity=min_disparity)
-    return numpy_to_image(np.ascontiguousarray(rgb, dtype=np.uint8), "rgb8", header=_copy_header(header))
+        rgb = colorize_disparity(disparity, max_disparity=max_disparity, min_disparity=min_disparity)
+        return numpy_to_image(np.ascontiguousarray(rgb, dtype=np.uint8), "rgb8", header=_copy_header(header))
+    d = np.asarray(disparity, dtype=np.float32)
+    valid = d > 0  # NaN compares false
+    valid &= d < np.inf
+    span = max(max_disparity - min_disparity, 1e-6)
+    # same float32 operations in the same order as colorize_disparity, on every pixel
+    x = d - min_disparity
+    x /= span
+    x *= 255.0
+    np.fmax(x, 0, out=x)  # also NaN -> 0 (those pixels are blacked out below)
+    np.minimum(x, 255, out=x)
+    norm = x.astype(np.uint8)
+    rgb = cv2.cvtColor(cv2.applyColorMap(norm, cv2.COLORMAP_TURBO), cv2.COLOR_BGR2RGB)
+    # invalid -> black: OpenCV's masked copy into zeros (~0.1 ms; numpy's broadcast multiply or
+    # boolean-mask assignment take 1-7 ms here)
+    rgb = cv2.copyTo(rgb, valid.view(np.uint8), np.zeros_like(rgb))
+    return numpy_to_image(rgb, "rgb8", header=_copy_header(header))
 
 
 def _pack_rgb(colors: np.ndarray) -> np.ndarray:
-    c = colors.astype(np.uint32)
-    return ((c[..., 0] << 16) | (c[..., 1] << 8) | c[..., 2]).view(np.float32)
+    """uint8 ...x3 RGB -> float32 whose bits are 0x00RRGGBB (the PointCloud2 rgb field)."""
+    col = np.ascontiguousarray(colors, dtype=np.uint8)
+    lead = col.shape[:-1]
+    img = col.reshape(1, -1, 3) if col.ndim != 3 else col
+    # little-endian bytes B, G, R, A read as uint32 are 0xAARRGGBB; clear A
+    if not img.size:
+        return np.empty(lead, np.float32)
+    u = cv2.cvtColor(img, cv2.COLOR_RGB2BGRA).view(np.uint32)[..., 0]
+    if np.little_endian:
+        u &= np.uint32(0x00FFFFFF)
+    else:  # pragma: no cover - big-endian hosts
+        c = col.astype(np.uint32)
+        u = ((c[..., 0] << 16) | (c[..., 1] << 8) | c[..., 2]).reshape(img.shape[:2])
+    return u.reshape(lead).view(np.float32)
+
+
+def _all_finite(a: np.ndarray) -> bool:
+    """np.isfinite(a).all() in about half the time: a finite float32 sum proves it, a NaN sum
+    disproves it; only an infinite sum (an inf value, or overflow) needs the full check."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = a.sum(dtype=np.float32)
+    if np.isfinite(total):
+        return True
+    if np.isnan(total):
+        return False
+    return bool(np.isfinite(a).all())
 
 
 def make_pointcloud2(points: np.ndarray, header: Any, colors: Optional[np.ndarray] = None):
@@ -131,16 +188,18 @@ def make_pointcloud2(points: np.ndarray, header: Any, colors: Optional[np.ndarra
         raise ValueError(f"points must be hxwx3 or Nx3, got {pts.shape}")
     h, w = pts.shape[:2]
     names = ["x", "y", "z"] + (["rgb"] if colors is not None else [])
-    rec = np.empty((h, w), dtype=np.dtype({"names": names, "formats": [np.float32] * len(names),
-                                           "offsets": [4 * i for i in range(len(names))], "itemsize": 4 * len(names)}))
-    rec["x"], rec["y"], rec["z"] = pts[..., 0], pts[..., 1], pts[..., 2]
-    if colors is not None:
+    pts = np.ascontiguousarray(pts)
+    if colors is None:
+        body = pts  # x, y, z interleaved already: the message bytes as they are
+    else:
         col = np.asarray(colors, dtype=np.uint8)
         if col.ndim == 2:
             col = col[None]
         if col.shape != (h, w, 3):
             raise ValueError(f"colors shape {col.shape} does not match points {pts.shape}")
-        rec["rgb"] = _pack_rgb(col)
+        # x, y, z, 1.0 interleaved in one OpenCV pass, then the rgb word over the 1.0
+        body = cv2.cvtColor(pts, cv2.COLOR_RGB2RGBA) if pts.size else np.empty((h, w, 4), np.float32)
+        body.view(np.uint32)[..., 3] = _pack_rgb(col).view(np.uint32)  # bits copied, never converted
     msg = PointCloud2()
     msg.header = _copy_header(header)
     msg.height, msg.width = h, w
@@ -148,8 +207,8 @@ def make_pointcloud2(points: np.ndarray, header: Any, colors: Optional[np.ndarra
     msg.is_bigendian = False
     msg.point_step = 4 * len(names)
     msg.row_step = msg.point_step * w
-    msg.is_dense = bool(np.isfinite(pts).all())
-    msg.data = array.array("B", rec.tobytes())
+    msg.is_dense = _all_finite(pts)
+    set_uint8_data(msg, body)
     return msg
 
 

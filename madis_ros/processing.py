@@ -21,6 +21,10 @@ camera resolution the disparity is resized back and multiplied by W/w (dispariti
 scale with x), so depth computed with the original camera is unchanged. Invalid is
 NaN throughout; ``min_depth``/``max_depth`` invalidate depth and points (not the
 disparity, which keeps the model's raw answer).
+
+Speed: everything after the forward is whole-array numpy/OpenCV work (points interleaved
+by one ``cv2.merge`` and computed only for the kept, decimated pixels); the node's overhead
+budget is 10 ms per 640x480 frame (benchmarks/node_latency.py --overhead-only).
 """
 from __future__ import annotations
 
@@ -118,8 +122,18 @@ def rgb8_for_colour(img: np.ndarray) -> np.ndarray:
     if img.dtype == np.uint16:
         img = (img >> 8).astype(np.uint8)
     if img.ndim == 2:
-        img = np.repeat(img[:, :, None], 3, axis=2)
+        img = cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_GRAY2RGB)  # ~10x faster than np.repeat
     return img
+
+
+def _points(camera: StereoCamera, depth: np.ndarray, k: int) -> np.ndarray:
+    """``camera.depth_to_points(depth)[::k, ::k]``, bit for bit, computed only on the kept
+    pixels and interleaved by one cv2.merge instead of three strided numpy writes."""
+    h, w = depth.shape
+    u = ((np.arange(w, dtype=np.float32) - np.float32(camera.cx)) / np.float32(camera.fx))[::k]
+    v = ((np.arange(h, dtype=np.float32) - np.float32(camera.cy)) / np.float32(camera.fy))[::k]
+    z = np.ascontiguousarray(depth[::k, ::k], dtype=np.float32)
+    return cv2.merge([z * u[None, :], z * v[:, None], z])
 
 
 def _resize(img: np.ndarray, w: int, h: int, interpolation: int) -> np.ndarray:
@@ -156,10 +170,10 @@ class StereoFrameProcessor:
         disp = res.disparity
         conf = res.confidence
         if conf is not None and s.confidence_threshold > 0:
-            disp = np.where(conf >= s.confidence_threshold, disp, np.float32(np.nan)).astype(np.float32)
+            disp = np.where(conf >= s.confidence_threshold, disp, np.float32(np.nan)).astype(np.float32, copy=False)
         if s.max_disparity > 0:
             with np.errstate(invalid="ignore"):
-                disp = np.where(disp <= s.max_disparity, disp, np.float32(np.nan)).astype(np.float32)
+                disp = np.where(disp <= s.max_disparity, disp, np.float32(np.nan)).astype(np.float32, copy=False)
 
         if s.publish_resolution == "camera" and (wi, hi) != (w, h):
             sx = w / wi
@@ -189,8 +203,8 @@ class StereoFrameProcessor:
                 out.depth = depth
             if s.compute_points:
                 k = int(s.cloud_decimation)
-                pts = cam_out.depth_to_points(depth)[::k, ::k]
-                cols = rgb8_for_colour(colour_src)[::k, ::k] if s.cloud_color else None
+                pts = _points(cam_out, depth, k)
+                cols = rgb8_for_colour(colour_src[::k, ::k]) if s.cloud_color else None
                 if not s.cloud_organized:
                     keep = np.isfinite(pts[..., 2])
                     pts = pts[keep][None]

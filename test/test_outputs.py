@@ -238,7 +238,11 @@ def test_processing_settings_are_validated():
 # --- parameters -------------------------------------------------------------------------------------
 def test_parameter_defaults_are_valid_and_errors_are_listed():
     s = settings_from_dict({})
-    assert s.model == "sgbm" and s.input_qos == "sensor_data" and s.depth_encoding == "32FC1"
+    # the default model is the shipped student, and its weights really are shipped
+    from madis_core.checkpoint import shipped_weights
+
+    assert s.model == "student" and shipped_weights(s.model) is not None
+    assert s.input_qos == "sensor_data" and s.depth_encoding == "32FC1"
     assert settings_from_dict({"slop": 0.02, "queue_size": 3.0, "max_depth": 10}).queue_size == 3
     with pytest.raises(ParameterError) as e:
         settings_from_dict({"depth_encoding": "mm", "slop": -1, "queue_size": 2.5, "input_qos": "fast",
