@@ -254,8 +254,10 @@ def test_parameter_defaults_are_valid_and_errors_are_listed():
         assert part in text
     with pytest.raises(ParameterError, match="min_depth"):
         settings_from_dict({"min_depth": 3.0, "max_depth": 1.0})
-    s = settings_from_dict({"max_disparity": 70, "model_options": '{"block_size": 7}'})
+    s = settings_from_dict({"model": "sgbm", "max_disparity": 70, "model_options": '{"block_size": 7}'})
     assert s.backend_options() == {"block_size": 7, "num_disparities": 80}
+    # a learned model's range is its own: max_disparity only clips its output downstream
+    assert settings_from_dict({"max_disparity": 70}).backend_options() == {}
 
 
 def test_config_yaml_lists_every_parameter_with_its_default():
