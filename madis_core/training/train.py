@@ -8,7 +8,6 @@ key (default ``madis``). Multi-GPU / multi-node: start it with torchrun, e.g.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import List, Optional
 
@@ -36,15 +35,10 @@ def run(args: argparse.Namespace, task_factory=None) -> int:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="madis train", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"madis train: error: {exc}", file=sys.stderr)
-        return 1
+    """``python -m madis_core.training.train`` (what torchrun runs): the same as ``madis train``."""
+    from madis_core.cli import main as cli_main
+
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
