@@ -123,28 +123,10 @@ def make_confidence_image(confidence: np.ndarray, header: Any):
 
 def make_color_disparity_image(disparity: np.ndarray, header: Any, max_disparity: Optional[float] = None,
                                min_disparity: float = 0.0):
-    """rgb8 turbo colouring, pixel for pixel what ``madis_core.io.colorize_disparity`` gives
-    (invalid = non-finite or <= 0 -> black), computed without boolean-mask indexing."""
-    if max_disparity is None:  # needs a percentile over the valid pixels: the reference code
-        from madis_core.io import colorize_disparity
+    """rgb8 turbo colouring (``madis_core.io.colorize_disparity``; invalid -> black)."""
+    from madis_core.io import colorize_disparity
 
-        rgb = colorize_disparity(disparity, max_disparity=max_disparity, min_disparity=min_disparity)
-        return numpy_to_image(np.ascontiguousarray(rgb, dtype=np.uint8), "rgb8", header=_copy_header(header))
-    d = np.asarray(disparity, dtype=np.float32)
-    valid = d > 0  # NaN compares false
-    valid &= d < np.inf
-    span = max(max_disparity - min_disparity, 1e-6)
-    # same float32 operations in the same order as colorize_disparity, on every pixel
-    x = d - min_disparity
-    x /= span
-    x *= 255.0
-    np.fmax(x, 0, out=x)  # also NaN -> 0 (those pixels are blacked out below)
-    np.minimum(x, 255, out=x)
-    norm = x.astype(np.uint8)
-    rgb = cv2.cvtColor(cv2.applyColorMap(norm, cv2.COLORMAP_TURBO), cv2.COLOR_BGR2RGB)
-    # invalid -> black: OpenCV's masked copy into zeros (~0.1 ms; numpy's broadcast multiply or
-    # boolean-mask assignment take 1-7 ms here)
-    rgb = cv2.copyTo(rgb, valid.view(np.uint8), np.zeros_like(rgb))
+    rgb = colorize_disparity(disparity, max_disparity=max_disparity, min_disparity=min_disparity)
     return numpy_to_image(rgb, "rgb8", header=_copy_header(header))
 
 
