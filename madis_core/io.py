@@ -82,6 +82,22 @@ def write_disparity_png(path: PathLike, disparity: np.ndarray) -> None:
         raise OSError(f"cannot write {path}")
 
 
+# --- 16-bit depth (millimetres) ------------------------------------------------------
+def depth_to_millimetres(depth_m: np.ndarray) -> np.ndarray:
+    """Metres -> uint16 millimetres (rounded); invalid, non-positive or beyond 65.535 m
+    -> 0, the 16UC1 convention of ROS depth images and 16-bit depth PNGs."""
+    with np.errstate(invalid="ignore"):
+        mm = np.rint(np.asarray(depth_m, dtype=np.float32) * np.float32(1000.0))
+        ok = np.isfinite(mm) & (mm >= 1) & (mm <= 65535)
+    return np.where(ok, mm, 0).astype(np.uint16)
+
+
+def millimetres_to_depth(depth_mm: np.ndarray) -> np.ndarray:
+    """uint16 millimetres -> float32 metres, 0 -> NaN."""
+    mm = np.asarray(depth_mm)
+    return np.where(mm > 0, mm.astype(np.float32) / np.float32(1000.0), np.float32(np.nan)).astype(np.float32)
+
+
 # --- images ---------------------------------------------------------------------------
 def read_image(path: PathLike) -> np.ndarray:
     """RGB (or grey) uint8/uint16 image."""

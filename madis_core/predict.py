@@ -10,7 +10,7 @@ import numpy as np
 
 from madis_core.camera import StereoCamera
 from madis_core.estimator import StereoEstimator
-from madis_core.io import colorize_disparity, read_image, write_disparity_png, write_image, write_pfm, write_ply
+from madis_core.io import colorize_disparity, depth_to_millimetres, read_image, write_disparity_png, write_image, write_pfm, write_ply
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -60,8 +60,7 @@ def run(args: argparse.Namespace) -> int:
                            args.cy if args.cy is not None else (h - 1) / 2, args.baseline, args.doffs)
         depth = cam.disparity_to_depth(d)
         write_pfm(out / "depth.pfm", np.nan_to_num(depth, nan=np.inf))
-        mm = np.where(np.isfinite(depth), np.clip(depth * 1000.0, 0, 65535), 0).astype(np.uint16)
-        write_image(out / "depth_mm.png", mm)
+        write_image(out / "depth_mm.png", depth_to_millimetres(depth))
         pts = cam.depth_to_points(depth)
         if args.max_depth:
             pts[depth > args.max_depth] = np.nan

@@ -31,6 +31,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequ
 import numpy as np
 
 from madis_core.camera import StereoCamera
+from madis_core.io import millimetres_to_depth
 
 IMAGE = "sensor_msgs/msg/Image"
 CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
@@ -482,7 +483,7 @@ def ground_truth_disparity(msg: Any, topic: str, camera: StereoCamera, kind: str
     if kind == "auto":
         kind = "depth" if (msg.encoding in ("16UC1", "mono16") or "depth" in topic.lower()) else "disparity"
     if kind == "depth":
-        z = arr.astype(np.float32) / (1000.0 if arr.dtype == np.uint16 else 1.0)
+        z = millimetres_to_depth(arr) if arr.dtype == np.uint16 else arr.astype(np.float32)
         z[~np.isfinite(z) | (z <= 0)] = np.nan
         if camera.width != arr.shape[1] or camera.height != arr.shape[0]:
             camera = camera.scaled(arr.shape[1], arr.shape[0])

@@ -293,7 +293,8 @@ def _inference_near(diags: List[tuple], t_rx: float) -> Optional[float]:
 
 def _save_outputs(out: Path, name: str, disp: np.ndarray, depth_msg: Any, points_msg: Any,
                   max_disparity: Optional[float]) -> List[str]:
-    from madis_core.io import colorize_disparity, write_image, write_pfm, write_ply
+    from madis_core.io import (colorize_disparity, depth_to_millimetres, millimetres_to_depth, write_image, write_pfm,
+                               write_ply)
     from madis_ros.bag_io import image_to_numpy, pointcloud2_to_numpy
 
     files = []
@@ -303,14 +304,10 @@ def _save_outputs(out: Path, name: str, disp: np.ndarray, depth_msg: Any, points
     write_pfm(out / f"{prefix}disparity.pfm", np.nan_to_num(disp, nan=np.inf))
     files += [f"{prefix}disparity_color.png", f"{prefix}disparity.pfm"]
     if depth_msg is not None:
-        z = image_to_numpy(depth_msg).astype(np.float32)
-        if depth_msg.encoding == "16UC1":
-            z = np.where(z > 0, z / 1000.0, np.nan).astype(np.float32)
+        z = image_to_numpy(depth_msg)
+        z = millimetres_to_depth(z) if depth_msg.encoding == "16UC1" else z.astype(np.float32)
         write_pfm(out / f"{prefix}depth.pfm", np.nan_to_num(z, nan=np.inf))
-        with np.errstate(invalid="ignore"):
-            mm = np.rint(z * 1000.0)
-            mm = np.where(np.isfinite(mm) & (mm >= 1) & (mm <= 65535), mm, 0).astype(np.uint16)
-        write_image(out / f"{prefix}depth_mm.png", mm)
+        write_image(out / f"{prefix}depth_mm.png", depth_to_millimetres(z))
         files += [f"{prefix}depth.pfm", f"{prefix}depth_mm.png"]
     if points_msg is not None:
         pts, cols = pointcloud2_to_numpy(points_msg)

@@ -38,9 +38,9 @@ import cv2
 import numpy as np
 
 from madis_core.camera import StereoCamera
+from madis_core.io import colorize_disparity, depth_to_millimetres
 from madis_ros.image_conversion import image_to_numpy, numpy_to_image, set_uint8_data
 
-_MM_MAX = 65535
 
 
 def _copy_header(header: Any):
@@ -107,11 +107,7 @@ def make_depth_image(depth_m: np.ndarray, header: Any, encoding: str = "32FC1"):
         ok &= z < np.inf
         return numpy_to_image(np.where(ok, z, np.float32(np.nan)), "32FC1", header=_copy_header(header))
     if encoding == "16UC1":
-        with np.errstate(invalid="ignore"):
-            mm = np.rint(z * 1000.0)
-            ok = np.isfinite(mm) & (mm >= 1) & (mm <= _MM_MAX)
-        out = np.where(ok, mm, 0).astype(np.uint16)
-        return numpy_to_image(out, "16UC1", header=_copy_header(header))
+        return numpy_to_image(depth_to_millimetres(z), "16UC1", header=_copy_header(header))
     raise ValueError(f"depth encoding must be '32FC1' (metres) or '16UC1' (millimetres), got {encoding!r}")
 
 
@@ -124,8 +120,6 @@ def make_confidence_image(confidence: np.ndarray, header: Any):
 def make_color_disparity_image(disparity: np.ndarray, header: Any, max_disparity: Optional[float] = None,
                                min_disparity: float = 0.0):
     """rgb8 turbo colouring (``madis_core.io.colorize_disparity``; invalid -> black)."""
-    from madis_core.io import colorize_disparity
-
     rgb = colorize_disparity(disparity, max_disparity=max_disparity, min_disparity=min_disparity)
     return numpy_to_image(rgb, "rgb8", header=_copy_header(header))
 

@@ -63,3 +63,14 @@ def test_colorize_marks_invalid_black_and_rgb_round_trip(tmp_path):
     assert rgb[0, 0].sum() == 0 and rgb[0, 1].sum() == 0 and rgb[0, 3].sum() > 0
     write_image(tmp_path / "c.png", rgb)
     np.testing.assert_array_equal(read_image(tmp_path / "c.png"), rgb)
+
+
+def test_depth_millimetres_round_trip_and_invalid_zero():
+    from madis_core.io import depth_to_millimetres, millimetres_to_depth
+
+    z = np.array([[1.2344, 0.0, np.nan, -1.0, 70.0, 0.0004, 65.535]], dtype=np.float32)
+    mm = depth_to_millimetres(z)
+    assert mm.dtype == np.uint16
+    assert mm.tolist() == [[1234, 0, 0, 0, 0, 0, 65535]]
+    back = millimetres_to_depth(mm)
+    assert back[0, 0] == pytest.approx(1.234) and np.isnan(back[0, 1:6]).all() and back[0, 6] == pytest.approx(65.535)
