@@ -176,13 +176,12 @@ def disparity_msg(disparity: np.ndarray, camera: StereoCamera, ns: int, frame_id
     """float32 HxW disparity (NaN invalid) -> stereo_msgs/DisparityImage, filled exactly as
     the node fills it (madis_ros.outputs.make_disparity_image): invalid pixels written as
     ``min_disparity - 1``, valid_window = bounding box of the valid pixels, f = fx, t = baseline."""
-    from madis_ros.outputs import valid_window
+    from madis_ros.outputs import disparity_body
 
     d = np.asarray(disparity, dtype=np.float32)
     if d.shape != (camera.height, camera.width):
         raise ValueError(f"disparity {d.shape[1]}x{d.shape[0]} does not match camera {camera.width}x{camera.height}")
-    body = np.where(np.isfinite(d) & (d >= min_disparity), d, np.float32(min_disparity - 1.0)).astype(np.float32)
-    x, y, w, h = valid_window(np.where(body >= min_disparity, body, np.nan))
+    body, (x, y, w, h) = disparity_body(d, min_disparity)
     return msg_class(DISPARITY)(header=make_header(ns, frame_id), image=image_msg(body, ns, frame_id, "32FC1"),
                                 f=float(camera.fx), t=float(camera.baseline), valid_window=_roi(x, y, h, w),
                                 min_disparity=float(min_disparity), max_disparity=float(max_disparity),
@@ -194,12 +193,6 @@ def depth_msg(depth_m: np.ndarray, ns: int, frame_id: str):
     z = np.asarray(depth_m, dtype=np.float32)
     z = np.where(np.isfinite(z) & (z > 0), z, np.float32(np.nan)).astype(np.float32)
     return image_msg(z, ns, frame_id, "32FC1")
-
-
-def pack_rgb(colors: np.ndarray) -> np.ndarray:
-    """uint8 ...x3 RGB -> float32 whose bits are 0x00RRGGBB (the PCL/RViz 'rgb' field)."""
-    c = np.asarray(colors, dtype=np.uint32)
-    return ((c[..., 0] << 16) | (c[..., 1] << 8) | c[..., 2]).astype(np.uint32).view(np.float32)
 
 
 def pointcloud2_msg(points: np.ndarray, ns: int, frame_id: str, colors: Optional[np.ndarray] = None):
@@ -216,7 +209,9 @@ def pointcloud2_msg(points: np.ndarray, ns: int, frame_id: str, colors: Optional
     rec = np.empty((h, w, len(names)), dtype="<f4")
     rec[..., :3] = pts
     if colors is not None:
-        rec[..., 3] = pack_rgb(np.asarray(colors).reshape(h, w, 3))
+        from madis_ros.outputs import pack_rgb
+
+        rec[..., 3].view(np.uint32)[...] = pack_rgb(np.asarray(colors).reshape(h, w, 3)).view(np.uint32)
     step = 4 * len(names)
     return msg_class(POINTCLOUD2)(header=make_header(ns, frame_id), height=h, width=w, fields=fields,
                                   is_bigendian=False, point_step=step, row_step=step * w,

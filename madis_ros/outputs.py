@@ -66,6 +66,16 @@ def _mask_window(valid: np.ndarray) -> Tuple[int, int, int, int]:
     return int(cols[0]), int(rows[0]), int(cols[-1] - cols[0] + 1), int(rows[-1] - rows[0] + 1)
 
 
+def disparity_body(disparity: np.ndarray, min_disparity: float) -> Tuple[np.ndarray, Tuple[int, int, int, int]]:
+    """The DisparityImage payload: float32 disparity with invalid pixels (non-finite or below
+    ``min_disparity``) written as ``min_disparity - 1``, and the valid window (x, y, w, h).
+    Shared by the node and the bag writer so both fill the message the same way."""
+    d = np.asarray(disparity, dtype=np.float32)
+    valid = np.isfinite(d)
+    valid &= d >= np.float32(min_disparity)  # NaN compares false: no warning, no extra pass
+    return np.where(valid, d, np.float32(min_disparity - 1.0)), _mask_window(valid)
+
+
 def make_disparity_image(disparity: np.ndarray, camera: StereoCamera, header: Any,
                          min_disparity: float, max_disparity: float, delta_d: float):
     """stereo_msgs/DisparityImage as ros-conventions.md describes it (see module doc)."""
@@ -76,14 +86,10 @@ def make_disparity_image(disparity: np.ndarray, camera: StereoCamera, header: An
         raise ValueError(f"disparity {d.shape[1]}x{d.shape[0]} does not match camera {camera.width}x{camera.height}")
     msg = DisparityImage()
     msg.header = _copy_header(header)
-    invalid = np.float32(min_disparity - 1.0)
-    valid = np.isfinite(d)
-    valid &= d >= np.float32(min_disparity)  # NaN compares false: no warning, no extra pass
-    body = np.where(valid, d, invalid)
+    body, (x, y, w, h) = disparity_body(d, min_disparity)
     numpy_to_image(body, "32FC1", header=_copy_header(header), msg=msg.image)
     msg.f = float(camera.fx)
     msg.t = float(camera.baseline)
-    x, y, w, h = _mask_window(valid)
     msg.valid_window.x_offset, msg.valid_window.y_offset = x, y
     msg.valid_window.width, msg.valid_window.height = w, h
     msg.min_disparity = float(min_disparity)
@@ -124,7 +130,7 @@ def make_color_disparity_image(disparity: np.ndarray, header: Any, max_disparity
     return numpy_to_image(rgb, "rgb8", header=_copy_header(header))
 
 
-def _pack_rgb(colors: np.ndarray) -> np.ndarray:
+def pack_rgb(colors: np.ndarray) -> np.ndarray:
     """uint8 ...x3 RGB -> float32 whose bits are 0x00RRGGBB (the PointCloud2 rgb field)."""
     col = np.ascontiguousarray(colors, dtype=np.uint8)
     lead = col.shape[:-1]
@@ -175,7 +181,7 @@ def make_pointcloud2(points: np.ndarray, header: Any, colors: Optional[np.ndarra
             raise ValueError(f"colors shape {col.shape} does not match points {pts.shape}")
         # x, y, z, 1.0 interleaved in one OpenCV pass, then the rgb word over the 1.0
         body = cv2.cvtColor(pts, cv2.COLOR_RGB2RGBA) if pts.size else np.empty((h, w, 4), np.float32)
-        body.view(np.uint32)[..., 3] = _pack_rgb(col).view(np.uint32)  # bits copied, never converted
+        body.view(np.uint32)[..., 3] = pack_rgb(col).view(np.uint32)  # bits copied, never converted
     msg = PointCloud2()
     msg.header = _copy_header(header)
     msg.height, msg.width = h, w
