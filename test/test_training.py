@@ -218,3 +218,33 @@ def test_adamw_groups_and_schedule():
     assert s(0) == pytest.approx(0.1) and s(9) == pytest.approx(1.0) and s(10) == pytest.approx(1.0)
     assert s(55) == pytest.approx(0.1 + 0.9 * 0.5) and s(100) == pytest.approx(0.1)
     assert all(s(i) >= s(i + 1) for i in range(10, 100))
+
+
+def test_resume_with_more_steps_extends_the_lr_schedule():
+    """LambdaLR pickles callable lambdas with their state; resuming with a larger
+    train.steps must re-lay the cosine, not stay at min_lr for the extension."""
+    from madis_core.training.schedule import build_scheduler, load_scheduler_state
+
+    def fresh(total):
+        p = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.SGD([p], lr=1.0)
+        return opt, build_scheduler(opt, total, 0, 1.0, 0.01)
+
+    opt, sched = fresh(10)
+    for _ in range(10):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.01)
+    state = sched.state_dict()
+
+    opt2, same = fresh(10)
+    assert not load_scheduler_state(same, state, 10)
+    assert same.lr_lambdas[0].total_steps == 10
+
+    opt3, longer = fresh(40)
+    assert load_scheduler_state(longer, state, 40)
+    opt3.step()
+    longer.step()  # step 11 of 40: well above min_lr again
+    expected = 0.01 + 0.99 * 0.5 * (1 + torch.cos(torch.tensor(11 / 40 * torch.pi)).item())
+    assert opt3.param_groups[0]["lr"] == pytest.approx(expected)
+    assert opt3.param_groups[0]["lr"] > 0.5

@@ -44,7 +44,7 @@ import torch.nn as nn
 from madis_core.training import distributed as dist_utils
 from madis_core.training.config import dump_config, with_defaults
 from madis_core.training.optim import build_optimizer
-from madis_core.training.schedule import build_scheduler
+from madis_core.training.schedule import build_scheduler, load_scheduler_state
 from madis_core.training.tasks import TrainingTask, get_task
 
 log = logging.getLogger(__name__)
@@ -285,7 +285,8 @@ def run(cfg: Dict[str, Any], task_factory: Optional[Callable[..., TrainingTask]]
                                        f"{info.world_size} cannot continue the same data streams")
                 module.load_state_dict(ckpt["model"])
                 optimizer.load_state_dict(ckpt["optimizer"])
-                scheduler.load_state_dict(ckpt["scheduler"])
+                if load_scheduler_state(scheduler, ckpt["scheduler"], total) and info.is_main:
+                    print(f"train.steps changed to {total}: the lr schedule continues over the new length", flush=True)
                 scaler.load_state_dict(ckpt["scaler"])
                 task.load_state_dict(ckpt["task"])
                 data.load_state_dict(ckpt["data"][info.rank])

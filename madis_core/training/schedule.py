@@ -31,3 +31,22 @@ def build_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_s
                     min_lr: float) -> torch.optim.lr_scheduler.LambdaLR:
     ratio = float(min_lr) / float(lr) if lr > 0 else 0.0
     return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(total_steps, warmup_steps, ratio))
+
+
+def load_scheduler_state(scheduler: torch.optim.lr_scheduler.LambdaLR, state: dict, total_steps: int) -> bool:
+    """Restore ``scheduler`` from a checkpoint, keeping the run's *current* length.
+
+    LambdaLR saves callable-object lambdas with their attributes, so a plain
+    ``load_state_dict`` would bring back the old ``total_steps`` and resuming with a
+    larger ``train.steps`` would sit at ``min_lr`` for the whole extension. With the
+    same length this is exactly ``load_state_dict``; with a new one the cosine is
+    re-laid over ``total_steps`` (a warm restart from the resumed step). Returns True
+    when the length changed.
+    """
+    scheduler.load_state_dict(state)
+    changed = False
+    for fn in scheduler.lr_lambdas:
+        if isinstance(fn, WarmupCosine) and fn.total_steps != int(total_steps):
+            fn.total_steps = int(total_steps)
+            changed = True
+    return changed
