@@ -248,3 +248,22 @@ def test_resume_with_more_steps_extends_the_lr_schedule():
     expected = 0.01 + 0.99 * 0.5 * (1 + torch.cos(torch.tensor(11 / 40 * torch.pi)).item())
     assert opt3.param_groups[0]["lr"] == pytest.approx(expected)
     assert opt3.param_groups[0]["lr"] > 0.5
+
+
+def test_shipped_madis_configs_are_valid():
+    """Every config/train/madis_*.yaml loads, names a registered MaDis model and
+    trains on crops its patch grid and inference tiles agree with."""
+    from madis_core.models import list_models
+    from madis_core.training.config import load_config, with_defaults
+
+    files = sorted((ROOT / "config" / "train").glob("madis_*.yaml"))
+    assert len(files) >= 4
+    for path in files:
+        cfg = with_defaults(load_config(path))
+        assert cfg["task"] in ("madis", "madis-supervised"), path
+        assert cfg["model"]["name"] in list_models() and cfg["model"]["name"].startswith("madis-"), path
+        crop = [int(v) for v in cfg["train"]["crop"]]
+        assert crop[0] % 16 == 0 and crop[1] % 16 == 0, path
+        tile = (cfg["model"].get("overrides") or {}).get("tile_size")
+        assert tile is None or [int(v) for v in tile] == crop, path
+        assert str(cfg["train"]["amp"]).lower() in ("auto", "off", "bf16", "fp16", "false", "none"), path
