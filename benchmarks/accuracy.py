@@ -21,8 +21,7 @@ import torch  # noqa: E402
 
 from madis_core.checkpoint import shipped_weights  # noqa: E402
 from madis_core.data import build_dataset  # noqa: E402
-from madis_core.estimator import StereoEstimator  # noqa: E402
-from madis_core.evaluate import evaluate, format_table, sgbm_disparities  # noqa: E402
+from madis_core.evaluate import build_estimator, evaluate, format_table  # noqa: E402
 from madis_core.models import list_models  # noqa: E402
 
 
@@ -46,10 +45,7 @@ def main(argv=None) -> int:
     for spec in args.datasets.split(","):
         data = build_dataset(spec)
         for label, source in models:
-            if source.startswith("sgbm"):
-                est = StereoEstimator.from_pretrained(source, num_disparities=sgbm_disparities(data))
-            else:
-                est = StereoEstimator.from_pretrained(source, device=args.device)
+            est = build_estimator(source, data, device=args.device)
             row = {"model": label, "dataset": spec, **evaluate(est, data)}
             rows.append(row)
             print(f"  evaluated {label} on {spec}", file=sys.stderr, flush=True)

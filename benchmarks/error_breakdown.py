@@ -29,8 +29,8 @@ import torch  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from madis_core.data import build_dataset  # noqa: E402
-from madis_core.estimator import StereoEstimator  # noqa: E402
-from madis_core.evaluate import sgbm_disparities  # noqa: E402
+from madis_core.evaluate import build_estimator  # noqa: E402
+from madis_core.metrics import error_map, ground_truth_mask  # noqa: E402
 
 
 def occlusion_mask(gt: np.ndarray) -> np.ndarray:
@@ -56,9 +56,9 @@ def occlusion_mask(gt: np.ndarray) -> np.ndarray:
     return occ
 
 
-def regions(sample) -> dict:
+def regions(sample, valid: np.ndarray) -> dict:
+    """One boolean mask per region over the pixels in ``valid`` (those with ground truth)."""
     gt = sample["disparity"]
-    valid = np.isfinite(gt)
     occ = occlusion_mask(gt) & valid
     filled = np.where(valid, gt, np.nanmedian(gt))
     edge = (ndimage.maximum_filter(filled, 5) - ndimage.minimum_filter(filled, 5) > 3) & valid & ~occ
@@ -79,29 +79,26 @@ def main(argv=None) -> int:
     data = build_dataset("motorcycle")
     sample = data[0]
     gt = sample["disparity"]
-    valid = np.isfinite(gt)
+    valid = ground_truth_mask(gt, sample.get("valid"))
     n = valid.sum()
-    masks = regions(sample)
+    masks = regions(sample, valid)
     names = list(masks)
     print("share of pixels with ground truth: " + ", ".join(f"{k} {100 * masks[k].sum() / n:.1f} %" for k in names))
     print("| model | bad-2 % | " + " | ".join(f"bad-2 in {k} (% of all)" for k in names) + " |")
     print("| --- " * (2 + len(names)) + "|")
     for spec in args.model or ["sgbm", "student"]:
-        if spec.startswith("sgbm"):
-            est = StereoEstimator.from_pretrained(spec, num_disparities=sgbm_disparities(data))
-        else:
-            est = StereoEstimator.from_pretrained(spec)
-        pred = est.predict(sample["left"], sample["right"]).disparity
-        bad = valid & ~(np.abs(pred - gt) <= 2)  # NaN / holes count as errors
+        pred = build_estimator(spec, data).predict(sample["left"], sample["right"]).disparity
+        err, _ = error_map(pred, gt, sample.get("valid"))  # holes are inf: they count as errors
+        bad = valid & (err > 2)
         cells = [f"{100 * (bad & masks[k]).sum() / n:.2f}" for k in names]
         print(f"| {spec} | {100 * bad.sum() / n:.2f} | " + " | ".join(cells) + " |")
         if args.save_error_map:
             from PIL import Image
 
             os.makedirs(args.save_error_map, exist_ok=True)
-            err = np.where(valid, np.clip(np.nan_to_num(np.abs(pred - gt), nan=8.0) / 8.0, 0, 1), 0)
+            shade = np.where(valid, np.clip(err / 8.0, 0, 1), 0)
             label = os.path.basename(spec).replace(".safetensors", "")
-            Image.fromarray((err * 255).astype(np.uint8)).save(os.path.join(args.save_error_map, f"{label}_error.png"))
+            Image.fromarray((shade * 255).astype(np.uint8)).save(os.path.join(args.save_error_map, f"{label}_error.png"))
     return 0
 
 

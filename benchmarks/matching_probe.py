@@ -26,7 +26,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from madis_core.models import build_model  # noqa: E402
-from madis_core.models.registry import get_entry  # noqa: E402
+from madis_core.models.registry import count_parameters, get_entry  # noqa: E402
 
 H, W, MARGIN = 128, 256, 64
 
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     gen = torch.Generator().manual_seed(args.seed + 1)
     vl, vr, vd = (t.to(args.device) for t in random_dot_planes(16, torch.Generator().manual_seed(123)))
     guess = (vd - vd.mean()).abs().mean().item()
-    print(f"{args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params, lr {lr:g}, "
+    print(f"{args.model}: {count_parameters(model) / 1e6:.2f} M params, lr {lr:g}, "
           f"batch {args.batch}, {H}x{W}; constant guess EPE {guess:.2f} px", flush=True)
     t0 = time.time()
     for step in range(1, args.steps + 1):

@@ -104,13 +104,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="untrained registry models (pipeline checks and timing only)")
 
 
-def _build(name: str, args, dataset=None):
+def build_estimator(name: str, dataset=None, **kwargs):
+    """``StereoEstimator.from_pretrained(name, **kwargs)``, except that SGBM backends take
+    their search range from ``dataset`` (``sgbm_disparities``) and no other options."""
     from madis_core.estimator import StereoEstimator
 
     if _is_sgbm(name):
         return StereoEstimator.from_pretrained(name, num_disparities=sgbm_disparities(dataset))
+    return StereoEstimator.from_pretrained(name, **kwargs)
+
+
+def _build(name: str, args, dataset=None):
     kw = {"random_init": True} if args.random_init else {}
-    return StereoEstimator.from_pretrained(name, device=args.device, precision=args.precision, runtime=args.runtime, **kw)
+    return build_estimator(name, dataset, device=args.device, precision=args.precision, runtime=args.runtime, **kw)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -18,25 +18,42 @@ def _key(t: float) -> str:
     return f"bad_{t:g}"
 
 
-def compute_metrics(pred: np.ndarray, gt: np.ndarray, valid: Optional[np.ndarray] = None) -> Dict[str, float]:
-    pred = np.asarray(pred, dtype=np.float64)
+def ground_truth_mask(gt: np.ndarray, valid: Optional[np.ndarray] = None) -> np.ndarray:
+    """The pixels every metric here is over: finite, positive ground truth (and ``valid``)."""
     gt = np.asarray(gt, dtype=np.float64)
-    if pred.shape != gt.shape:
-        raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} differ in shape")
     mask = np.isfinite(gt) & (gt > 0)
     if valid is not None:
         valid = np.asarray(valid, dtype=bool)
         if valid.shape != gt.shape:
             raise ValueError(f"valid mask {valid.shape} and ground truth {gt.shape} differ in shape")
         mask &= valid
+    return mask
+
+
+def error_map(pred: np.ndarray, gt: np.ndarray, valid: Optional[np.ndarray] = None):
+    """Per-pixel absolute error (``inf`` where the prediction is a hole: NaN, inf or <= 0)
+    and ``ground_truth_mask``, both full-size: the rule every metric here uses, so
+    per-region breakdowns can select from them."""
+    pred = np.asarray(pred, dtype=np.float64)
+    gt = np.asarray(gt, dtype=np.float64)
+    if pred.shape != gt.shape:
+        raise ValueError(f"prediction {pred.shape} and ground truth {gt.shape} differ in shape")
+    mask = ground_truth_mask(gt, valid)
+    filled = np.isfinite(pred) & (pred > 0)
+    with np.errstate(invalid="ignore"):
+        err = np.where(filled, np.abs(pred - gt), np.inf)
+    return err, mask
+
+
+def compute_metrics(pred: np.ndarray, gt: np.ndarray, valid: Optional[np.ndarray] = None) -> Dict[str, float]:
+    err, mask = error_map(pred, gt, valid)
     n = int(mask.sum())
     out: Dict[str, float] = {"n": float(n)}
     if n == 0:
         out.update({k: float("nan") for k in METRIC_KEYS})
         return out
-    p, g = pred[mask], gt[mask]
-    filled = np.isfinite(p) & (p > 0)
-    err = np.where(filled, np.abs(p - g), np.inf)
+    err, g = err[mask], np.asarray(gt, dtype=np.float64)[mask]
+    filled = np.isfinite(err)
     out["epe"] = float(err[filled].mean()) if filled.any() else float("nan")
     for t in BAD_THRESHOLDS:
         out[_key(t)] = float(100.0 * np.mean(err > t))
