@@ -109,10 +109,17 @@ def test_task_builds_adapters_per_teacher():
     assert all(isinstance(a, FeatureAdapter) for a in thinner.module.adapters.values())
     assert [(a.proj.in_channels, a.proj.out_channels) for a in thinner.module.adapters.values()] == [(16, 24), (16, 24)]
 
-    vit = _task("student", "madis-tiny")  # transformer tokens at 1/16 -> student f8 at 1/8
+    vit = _task("student", "croco-vit-tiny")  # transformer tokens at 1/16 -> student f8 at 1/8
     assert vit.points == [("f8", "enc_norm")] and "volume" not in vit.active and not vit.teacher_bins
     (adapter,) = vit.module.adapters.values()
     assert isinstance(adapter, FeatureAdapter) and (adapter.proj.in_channels, adapter.proj.out_channels) == (48, 192)
+
+    madis = _task("student", "madis-tiny")  # the matching transformer: the student's layout one to one
+    assert madis.points == [("stem", "stem"), ("f4", "f4")] and madis.teacher_bins
+    assert madis.active == ["distribution", "feature", "gt", "pixel", "volume"]
+    assert all(isinstance(a, nn.Identity) for a in madis.module.adapters.values())
+    lite = _task("student-lite", "madis-tiny")  # thinner student: 1x1 adapters on the student side
+    assert "volume" in lite.active and all(isinstance(a, FeatureAdapter) for a in lite.module.adapters.values())
 
 
 def test_teacher_is_frozen_through_a_step():
@@ -169,12 +176,12 @@ def test_tokens_to_map_grid():
 
 
 def test_distill_smoke_run_lowers_the_loss(tmp_path):
-    """A few dozen CPU steps of madis-tiny (random init) -> student through the shared engine."""
+    """A few dozen CPU steps of croco-vit-tiny (random init, hooked tokens) -> student through the shared engine."""
     from madis_core.estimator import StereoEstimator
     from madis_core.training import engine
 
     torch.manual_seed(0)
-    teacher_path = save_weights(build_model("madis-tiny"), tmp_path / "teacher.safetensors")
+    teacher_path = save_weights(build_model("croco-vit-tiny"), tmp_path / "teacher.safetensors")
     cfg = with_defaults({
         "task": "distill", "model": {"name": "student"}, "data": {"max_disparity": 32},
         "train": {"steps": 30, "batch_size": 2, "crop": [64, 128], "seed": 1, "device": "cpu", "threads": 1},
@@ -200,7 +207,7 @@ def test_distill_smoke_run_lowers_the_loss(tmp_path):
     est = StereoEstimator.from_pretrained(str(result.weights), device="cpu")
     assert est.name == "student"
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
-    assert ckpt["task"]["teacher"] == "madis-tiny" and ckpt["model_name"] == "student"
+    assert ckpt["task"]["teacher"] == "croco-vit-tiny" and ckpt["model_name"] == "student"
 
 
 def test_student_supervised_task_step():
@@ -241,7 +248,7 @@ def test_shipped_distillation_configs_are_valid():
     root = Path(__file__).resolve().parents[1] / "config" / "train"
     files = sorted(root.glob("distill_*.yaml")) + sorted(root.glob("student_*.yaml"))
     assert len(files) >= 3
-    madis_modules = set(dict(build_model("madis-tiny").named_modules()))
+    madis_modules = set(dict(build_model("croco-vit-tiny").named_modules()))
     for path in files:
         cfg = load_config(path)
         assert cfg["task"] in ("distill", "student-supervised"), path

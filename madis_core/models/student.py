@@ -186,9 +186,15 @@ class FeatureExtractor(nn.Module):
             self.stage16 = nn.Sequential(*[SepBlock(c16) for _ in range(blocks16)])
             self.up16 = conv_bn(c16, c8, 1, relu=False)
 
-    def forward(self, left: torch.Tensor, right: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """Both views (``B x 3 x H x W`` each) -> maps of the ``2B`` batch (left views first)."""
+    def forward(self, left: torch.Tensor, right: torch.Tensor, stem_mask: Optional[torch.Tensor] = None,
+                mask_embed: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """Both views (``B x 3 x H x W`` each) -> maps of the ``2B`` batch (left views first).
+
+        ``stem_mask`` (``2B x 1 x h x w`` bool at the stem's resolution) replaces the stem
+        output there by ``mask_embed`` (``1 x C x 1 x 1``): masked image modelling's hidden patches."""
         f2 = self.stem(left, right)
+        if stem_mask is not None:
+            f2 = torch.where(stem_mask, mask_embed.to(f2.dtype), f2)
         f4 = self.stage4(self.to4(f2))
         f8 = self.stage8(self.down8(f4))
         if self.use16:
@@ -304,9 +310,11 @@ class Refinement(nn.Module):
                 self.head.weight.zero_()
                 self.head.bias.zero_()
 
-    def forward(self, disp4: torch.Tensor, feats4: torch.Tensor) -> torch.Tensor:
+    def forward(self, disp4: torch.Tensor, feats4: torch.Tensor, return_hidden: bool = False):
         """``disp4``: disparity in full-resolution pixels on the 1/4 grid (B x 1 x h x w);
-        ``feats4``: the 1/4 features of both views (2B x C x h x w, left views first)."""
+        ``feats4``: the 1/4 features of both views (2B x C x h x w, left views first).
+        Returns the full-resolution disparity, and with ``return_hidden`` also the 1/4
+        hidden map the head read (for a confidence head)."""
         b = disp4.shape[0]
         left4 = feats4[:b]
         parts = [left4, disp4 / self.max_disparity]
@@ -322,7 +330,10 @@ class Refinement(nn.Module):
         x = self.blocks(self.inp(torch.cat(parts, 1)))
         head = self.head(x)
         disp4 = F.relu(disp4 + head[:, :1] * 4.0)
-        mask = head[:, 1:]
+        fine = self._upsample(disp4, head[:, 1:])
+        return (fine, x) if return_hidden else fine
+
+    def _upsample(self, disp4: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.upsample == "convex":
             return convex_upsample(disp4, mask, 4)
         if self.upsample == "convex2":

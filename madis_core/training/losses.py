@@ -23,11 +23,13 @@ def laplacian_log_scale(conf_logit: torch.Tensor) -> torch.Tensor:
 
 
 def bounded_laplacian_loss(disparity: torch.Tensor, conf_logit: torch.Tensor, target: torch.Tensor,
-                           valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+                           valid: Optional[torch.Tensor] = None, weights: Optional[torch.Tensor] = None
+                           ) -> torch.Tensor:
     """Mean bounded Laplacian NLL over ``valid`` pixels (all finite targets if None).
 
-    All tensors are B x 1 x H x W. Returns 0 (with a graph) when no pixel is valid,
-    so a batch without ground truth does not produce NaN.
+    All tensors are B x 1 x H x W. ``weights`` (>= 0, no gradient) make it a weighted
+    mean, e.g. a teacher's confidence on its pseudo labels. Returns 0 (with a graph)
+    when no pixel is valid, so a batch without ground truth does not produce NaN.
     """
     if disparity.shape != target.shape or conf_logit.shape != target.shape:
         raise ValueError(f"shapes differ: disparity {tuple(disparity.shape)}, conf {tuple(conf_logit.shape)}, "
@@ -38,5 +40,5 @@ def bounded_laplacian_loss(disparity: torch.Tensor, conf_logit: torch.Tensor, ta
     s = laplacian_log_scale(conf_logit.float())
     err = (disparity.float() - torch.where(mask, target.float(), torch.zeros_like(target, dtype=torch.float32))).abs()
     per_pixel = err * torch.exp(-s) + s
-    n = mask.sum()
-    return (per_pixel * mask).sum() / n.clamp(min=1)
+    w = mask.float() if weights is None else mask * weights.detach().float()
+    return (per_pixel * w).sum() / w.sum().clamp(min=1e-6 if weights is not None else 1.0)

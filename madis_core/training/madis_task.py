@@ -3,12 +3,20 @@
 Config sections read here (defaults in ``MADIS_DEFAULTS``)::
 
     task: madis                  # or madis-supervised (= madis with mim.enabled false)
-    model: {name: madis-tiny, overrides: {}, init: null}
+    model: {name: madis-tiny, overrides: {}, init: null, init_strict: true}
     mim:  {enabled: true, mask_ratio: 0.4, norm_pix: true}
     loss: {disparity: 1.0, recon_left: 1.0, recon_right: 1.0, pseudo: 1.0,
-           pseudo_target: gt_then_pseudo}      # or: pseudo
+           pseudo_target: gt_then_pseudo,      # or: pseudo
+           coarse: [0.5, 0.7]}                 # log loss on the coarse outputs a model returns
     ema:  {enabled: true, momentum: 0.9999, warmup_steps: 0, start_momentum: 0.99,
-           scope: encoder}                     # or: full
+           scope: auto}                        # encoder | full | auto (encoder where the model has one)
+
+Models: any registry model with a ``mim_patch`` attribute whose forward takes
+``mask_left``/``mask_right``/``reconstruct`` and returns ``disparity``, ``conf_logit`` and
+``recon_left``/``recon_right``: the MaDis matching family (``madis-*``) and the
+CroCo-Stereo ViT (``croco-vit-*``). ``model.init_strict: false`` warm-starts from a
+weights file whose tensors fit only part of the model (the CNN student's for ``madis-*``),
+and reports what it loaded.
 
 One step of the MIM stage (methods.md section 1):
 1. draw independent masks for the left and right view (exactly ``round(ratio*N)``
@@ -16,15 +24,18 @@ One step of the MIM stage (methods.md section 1):
 2. student forward on the masked pair: left disparity + confidence, and the
    reconstruction of the hidden patches of both views (left against right and the
    mirror pass);
-3. losses: bounded Laplacian on the ground truth; per-patch-normalised MSE on the
-   masked patches of each view; pseudo-label Laplacian against the EMA teacher's
-   disparity on the UNMASKED pair (computed under ``no_grad``), with the ground
-   truth taking precedence where it is valid (``pseudo_target: gt_then_pseudo``, the
-   MaDis code) or the pseudo label everywhere (``pseudo``);
+3. losses: bounded Laplacian on the ground truth (plus the log loss on a model's
+   coarse outputs, weights ``loss.coarse``); per-patch-normalised MSE on the masked
+   patches of each view; pseudo-label Laplacian against the EMA teacher's disparity
+   on the UNMASKED pair (computed under ``no_grad``), with the ground truth taking
+   precedence where it is valid (``pseudo_target: gt_then_pseudo``, the MaDis code) or
+   the pseudo label everywhere (``pseudo``); pseudo-labelled pixels are weighted by the
+   teacher's confidence (ground-truth pixels by 1);
 4. after the optimizer step the teacher follows the student by EMA. ``scope:
-   encoder`` (the MaDis code) averages only the encoder and mask token, and the
-   student's current decoder/head turn the teacher's features into the pseudo
-   label; ``scope: full`` averages and runs the whole network.
+   encoder`` (the MaDis code, for the ViT) averages only the encoder and mask token,
+   and the student's current decoder/head turn the teacher's features into the
+   pseudo label; ``scope: full`` averages and runs the whole network (the matching
+   family, whose CNN has no encoder/decoder split).
 
 Supervised mode (``mim.enabled: false``): unmasked forward, Laplacian loss only, no
 teacher: the ablation baseline.
@@ -32,24 +43,29 @@ teacher: the ablation baseline.
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Any, Dict, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from madis_core.models import build_model
-from madis_core.models.madis import PATCH, ENCODER_PREFIXES, MadisStereo, unpatchify
+from madis_core.models import build_model, get_entry
+from madis_core.models.croco_vit import ENCODER_PREFIXES
+from madis_core.models.patches import patchify, unpatchify
+from madis_core.training.distill_losses import ground_truth_loss
 from madis_core.training.losses import bounded_laplacian_loss
 from madis_core.training.mim import (EmaTeacher, masked_reconstruction_loss, patch_targets, random_masks,
                                      step_generator)
 from madis_core.training.tasks import TrainingTask, register_task
 
+log = logging.getLogger(__name__)
+
 MADIS_DEFAULTS: Dict[str, Dict[str, Any]] = {
     "mim": {"enabled": True, "mask_ratio": 0.4, "norm_pix": True},
     "loss": {"disparity": 1.0, "recon_left": 1.0, "recon_right": 1.0, "pseudo": 1.0,
-             "pseudo_target": "gt_then_pseudo"},
-    "ema": {"enabled": True, "momentum": 0.9999, "warmup_steps": 0, "start_momentum": 0.99, "scope": "encoder"},
+             "pseudo_target": "gt_then_pseudo", "coarse": [0.5, 0.7]},
+    "ema": {"enabled": True, "momentum": 0.9999, "warmup_steps": 0, "start_momentum": 0.99, "scope": "auto"},
 }
 
 
@@ -70,15 +86,26 @@ def build_task_model(cfg: Dict[str, Any], device: torch.device) -> nn.Module:
 
     mcfg = cfg["model"]
     overrides = dict(mcfg.get("overrides") or {})
-    overrides.setdefault("tile_size", list(cfg["train"]["crop"]))
+    if "tile_size" in get_entry(mcfg["name"]).defaults:  # tiled models (croco-vit) tile like the training crop
+        overrides.setdefault("tile_size", list(cfg["train"]["crop"]))
     model = build_model(mcfg["name"], **overrides)
     init = mcfg.get("init")
     if init:
         _, _, state = read_weights(init)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if unexpected or missing:
-            raise ValueError(f"model.init {init}: weights do not fit {mcfg['name']} "
-                             f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+        if mcfg.get("init_strict", True):
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            if unexpected or missing:
+                raise ValueError(f"model.init {init}: weights do not fit {mcfg['name']} "
+                                 f"(missing {missing[:5]}, unexpected {unexpected[:5]})")
+        else:
+            own = model.state_dict()
+            fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+            if not fits:
+                raise ValueError(f"model.init {init}: no tensor fits {mcfg['name']}")
+            model.load_state_dict(fits, strict=False)
+            new = sorted({k.split('.')[0] for k in own if k not in fits})
+            log.info("model.init %s: %d of %d tensors loaded; trained from scratch: %s", init, len(fits),
+                     len(own), ", ".join(new))
     return model.to(device).train()
 
 
@@ -95,15 +122,22 @@ class MadisTask(TrainingTask):
             self.mim["enabled"] = False
         if self.loss_w["pseudo_target"] not in ("gt_then_pseudo", "pseudo"):
             raise ValueError(f"loss.pseudo_target must be gt_then_pseudo or pseudo, got {self.loss_w['pseudo_target']!r}")
-        if self.ema_cfg["scope"] not in ("encoder", "full"):
-            raise ValueError(f"ema.scope must be encoder or full, got {self.ema_cfg['scope']!r}")
-        crop = cfg["train"]["crop"]
-        if crop[0] % PATCH or crop[1] % PATCH:
-            raise ValueError(f"MaDis trains on crops that are multiples of {PATCH}, got train.crop={crop}")
+        if self.ema_cfg["scope"] not in ("encoder", "full", "auto"):
+            raise ValueError(f"ema.scope must be encoder, full or auto, got {self.ema_cfg['scope']!r}")
         self.model = build_task_model(cfg, self.device)
-        if not isinstance(self.model, MadisStereo):
-            raise ValueError(f"task 'madis' trains MaDis models; {cfg['model']['name']!r} is a "
-                             f"{type(self.model).__name__}")
+        if not hasattr(self.model, "mim_patch"):
+            raise ValueError(f"task 'madis' trains models with masked image modelling (madis-*, croco-vit-*); "
+                             f"{cfg['model']['name']!r} is a {type(self.model).__name__}")
+        self.patch = int(self.model.mim_patch)
+        crop = cfg["train"]["crop"]
+        if crop[0] % self.patch or crop[1] % self.patch:
+            raise ValueError(f"MIM trains on crops that are multiples of {self.patch}, got train.crop={crop}")
+        scope = self.ema_cfg["scope"]
+        if scope == "auto":
+            scope = "encoder" if hasattr(self.model, "encode_pair") else "full"
+        if scope == "encoder" and not hasattr(self.model, "encode_pair"):
+            raise ValueError(f"ema.scope encoder needs an encoder/decoder model; use full for {cfg['model']['name']}")
+        self.ema_scope = scope
         self.seed = int(cfg["train"]["seed"])
         self.rank = int(torch.distributed.get_rank()) if torch.distributed.is_initialized() else 0
         self.mim_enabled = bool(self.mim["enabled"])
@@ -111,7 +145,7 @@ class MadisTask(TrainingTask):
         self.find_unused_parameters = not self.mim_enabled
         self.teacher = None
         if self.mim_enabled and self.ema_cfg["enabled"] and float(self.loss_w["pseudo"]) > 0:
-            prefixes = ENCODER_PREFIXES if self.ema_cfg["scope"] == "encoder" else None
+            prefixes = ENCODER_PREFIXES if self.ema_scope == "encoder" else None
             self.teacher = EmaTeacher(self.model, float(self.ema_cfg["momentum"]), prefixes,
                                       int(self.ema_cfg["warmup_steps"]), float(self.ema_cfg["start_momentum"]))
         self.last_momentum = float("nan")
@@ -121,13 +155,14 @@ class MadisTask(TrainingTask):
         return self.model
 
     @torch.no_grad()
-    def pseudo_label(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-        """The teacher's disparity for the unmasked pair (no gradient reaches anything)."""
+    def pseudo_label(self, left: torch.Tensor, right: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The teacher's disparity and confidence for the unmasked pair (no gradient reaches anything)."""
         t = self.teacher.module
-        if self.ema_cfg["scope"] == "full":
-            return t(left, right)["disparity"].detach()
-        feats = t.encode_pair(t.normalize(left), t.normalize(right))
-        return self.model.decode_pair(feats)["disparity"].detach()
+        if self.ema_scope == "full":
+            out = t(left, right, extras=False) if hasattr(t, "mask_embed") else t(left, right)
+        else:
+            out = self.model.decode_pair(t.encode_pair(t.normalize(left), t.normalize(right)))
+        return out["disparity"].detach(), out["confidence"].detach()
 
     def training_step(self, module: nn.Module, batch: Dict[str, torch.Tensor], step: int
                       ) -> Tuple[torch.Tensor, Dict[str, Any]]:
@@ -136,7 +171,7 @@ class MadisTask(TrainingTask):
         b, _, h, w = left.shape
         logs: Dict[str, Any] = {}
         if self.mim_enabled:
-            n = (h // PATCH) * (w // PATCH)
+            n = (h // self.patch) * (w // self.patch)
             gen = step_generator(self.seed, self.rank, step)
             ratio = float(self.mim["mask_ratio"])
             mask_l = random_masks(b, n, ratio, gen, left.device)
@@ -147,6 +182,11 @@ class MadisTask(TrainingTask):
         disp_loss = bounded_laplacian_loss(out["disparity"], out["conf_logit"], gt, valid)
         loss = float(self.loss_w["disparity"]) * disp_loss
         logs["disp"] = disp_loss.detach()
+        coarse = list(out.get("disparity_list") or [])[:-1]
+        if coarse and self.loss_w["coarse"]:
+            c_loss = ground_truth_loss(coarse, gt, valid & (gt > 0), [float(v) for v in self.loss_w["coarse"]], "log")
+            loss = loss + c_loss
+            logs["coarse"] = c_loss.detach()
         if self.mim_enabled:
             norm_pix = bool(self.mim["norm_pix"])
             rec_l = masked_reconstruction_loss(out["recon_left"], patch_targets(self.model.normalize(left), norm_pix), mask_l)
@@ -154,9 +194,12 @@ class MadisTask(TrainingTask):
             loss = loss + float(self.loss_w["recon_left"]) * rec_l + float(self.loss_w["recon_right"]) * rec_r
             logs["rec_left"], logs["rec_right"] = rec_l.detach(), rec_r.detach()
         if self.teacher is not None:
-            pseudo = self.pseudo_label(left, right)
-            target = torch.where(valid, gt, pseudo) if self.loss_w["pseudo_target"] == "gt_then_pseudo" else pseudo
-            p_loss = bounded_laplacian_loss(out["disparity"], out["conf_logit"], target)
+            pseudo, conf = self.pseudo_label(left, right)
+            if self.loss_w["pseudo_target"] == "gt_then_pseudo":
+                target, weight = torch.where(valid, gt, pseudo), torch.where(valid, torch.ones_like(conf), conf)
+            else:
+                target, weight = pseudo, conf
+            p_loss = bounded_laplacian_loss(out["disparity"], out["conf_logit"], target, weights=weight)
             loss = loss + float(self.loss_w["pseudo"]) * p_loss
             logs["pseudo"] = p_loss.detach()
         with torch.no_grad():
@@ -188,7 +231,7 @@ class MadisTask(TrainingTask):
             return images
         left, right = batch["left"][:1], batch["right"][:1]
         h, w = left.shape[-2:]
-        gh, gw = h // PATCH, w // PATCH
+        gh, gw = h // self.patch, w // self.patch
         gen = step_generator(self.seed, self.rank, 0, stream=1)
         mask_l = random_masks(1, gh * gw, float(self.mim["mask_ratio"]), gen, left.device)
         mask_r = random_masks(1, gh * gw, float(self.mim["mask_ratio"]), gen, left.device)
@@ -199,16 +242,15 @@ class MadisTask(TrainingTask):
         finally:
             self.model.train(was_training)
         # undo the per-patch normalisation with the true patch statistics, then the ImageNet one
-        from madis_core.models.madis import patchify
-
-        raw = patchify(self.model.normalize(left).float())
+        raw = patchify(self.model.normalize(left).float(), self.patch)
         mean, std = raw.mean(-1, keepdim=True), (raw.var(-1, keepdim=True) + 1e-6).sqrt()
         pred = out["recon_left"].float()
         pred = pred * std + mean if self.mim["norm_pix"] else pred
         mixed = torch.where(mask_l[..., None], pred, raw)
-        img = unpatchify(mixed, gh, gw) * self.model.std + self.model.mean
+        img = unpatchify(mixed, gh, gw, self.patch) * self.model.std + self.model.mean
         masked = torch.where(mask_l[..., None], torch.zeros_like(raw), raw)
-        images["mim_left_masked"] = image_panel((unpatchify(masked, gh, gw) * self.model.std + self.model.mean)[0])
+        images["mim_left_masked"] = image_panel((unpatchify(masked, gh, gw, self.patch) * self.model.std
+                                                 + self.model.mean)[0])
         images["mim_left_reconstructed"] = image_panel(img[0])
         return images
 

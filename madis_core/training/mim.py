@@ -21,7 +21,7 @@ from typing import Dict, Iterable, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from madis_core.models.madis import patchify
+from madis_core.models.patches import patchify
 
 
 def num_masked(num_patches: int, ratio: float) -> int:
