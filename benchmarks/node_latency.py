@@ -28,10 +28,11 @@ rgb8 pairs with camera_info (best effort, ``--rate`` Hz); the node process
 (``python -m madis_ros.stereo_node``, debug logging of its per-frame timing lines) runs
 the model; this process subscribes to ``points2`` and measures receipt wall time minus the
 left image's header stamp (same host clock). The node's own inference and overhead per
-frame come from its ``frame ...`` debug lines. Every process gets
-FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA (without it most 640x480 best-effort images are lost
-between processes, see environment.md); ROS_AUTOMATIC_DISCOVERY_RANGE is removed from the
-children's environment because it disables that transport.
+frame come from its ``frame ...`` debug lines. Every process gets the same-host
+shared-memory profile of ``madis_ros.transport`` unless the environment already names a
+transport (without one most 640x480 best-effort images are lost between processes, see
+environment.md); ROS_AUTOMATIC_DISCOVERY_RANGE is removed from the children's environment
+because it disables the large-data transports.
 
 Model: ``--model`` (default: ``student`` when its weights are shipped, else ``sgbm``).
 Prints p50/p95 and writes ``node_latency.json`` to ``--out``. Timings on a shared machine
@@ -55,7 +56,9 @@ REPO = Path(__file__).resolve().parents[1]
 for _p in (str(REPO), str(REPO / "test")):
     if _p not in sys.path:
         sys.path.insert(0, _p)
-os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+from madis_ros.transport import default_to_shared_memory  # noqa: E402
+
+default_to_shared_memory()  # all its processes share this machine; a transport the user set is kept
 # as the node does (stereo_node.py), before anything imports torch: spinning OpenMP threads
 # make 2-thread CPU inference many times slower on a busy machine and would inflate the
 # CPU-time figures below (spinning counts as CPU time)

@@ -45,11 +45,13 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from madis_ros.transport import default_to_shared_memory, uses_tcp_transport
+
 #: Fast DDS's default transports lose most large best-effort images between processes
-#: (environment.md); every process of the demo gets this unless the user set it. Not
-#: ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST: measured here, it overrides the large-data
-#: transport (0 of 8 best-effort 0.9 MB images arrived with it, 8 of 8 without).
-DDS_ENV = {"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA"}
+#: (environment.md); every process of the demo runs on this machine, so unless the user
+#: chose a transport they all get the same-host shared-memory profile (madis_ros.transport:
+#: no TCP, whose teardown can deadlock). Not ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST:
+#: measured here, it overrides the large-data transports (0 of 8 best-effort 0.9 MB images).
 NAMESPACE = "/stereo"
 OUTPUTS = ("disparity", "depth", "points2")
 #: the pass whose figures are reported (0-based; pass 0 warms up discovery and the model)
@@ -236,6 +238,8 @@ class Receiver:
 
         rclpy.try_shutdown(context=self.ctx)
         self._thread.join(timeout=5.0)
+        if uses_tcp_transport():
+            return  # a TCP participant's teardown can deadlock (madis_ros.shutdown): _exit ends it
         try:
             self.node.destroy_node()
         except Exception:
@@ -369,14 +373,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     domain = args.domain_id if args.domain_id is not None else int(os.environ.get("ROS_DOMAIN_ID") or
                                                                      random.randint(90, 99))
-    for k, v in DDS_ENV.items():
-        os.environ.setdefault(k, v)
+    default_to_shared_memory()  # every process of the demo runs on this machine
     os.environ["ROS_DOMAIN_ID"] = str(domain)
     env = dict(os.environ, PYTHONUNBUFFERED="1", RCUTILS_COLORIZED_OUTPUT="0")
-    log(f"madis-stereo demo: ROS_DOMAIN_ID={domain}, FASTDDS_BUILTIN_TRANSPORTS="
-        f"{os.environ['FASTDDS_BUILTIN_TRANSPORTS']}")
-    log("  note: large images between processes need Fast DDS's large-data transport: set "
-        "FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA in every process of your own pipeline too (see README)")
+    transport = (f"FASTDDS_BUILTIN_TRANSPORTS={os.environ['FASTDDS_BUILTIN_TRANSPORTS']}"
+                 if "FASTDDS_BUILTIN_TRANSPORTS" in os.environ else
+                 f"FASTDDS_DEFAULT_PROFILES_FILE={os.environ.get('FASTDDS_DEFAULT_PROFILES_FILE')}")
+    log(f"madis-stereo demo: ROS_DOMAIN_ID={domain}, {transport}")
+    log("  note: large images between processes need a large-data transport in every process of your own "
+        "pipeline too: on one machine the same-host shared-memory profile used here "
+        "(export FASTDDS_DEFAULT_PROFILES_FILE=$(python -m madis_ros.transport)), across machines "
+        "FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA (see README)")
 
     # 1. the sample bag ---------------------------------------------------------------------------
     from madis_ros.bag_tool import write_sample_bag
@@ -528,7 +535,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not any(f.get("received") for f in frames):
             log(f"error: the stereo node produced no output for any of the {len(frames)} frames. Check "
                 f"{out / 'node.log'} (model errors, dropped pairs) and {out / 'player.log'}; every process must "
-                f"share ROS_DOMAIN_ID and FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA.")
+                f"share ROS_DOMAIN_ID and the transport setting printed at the start.")
             return 1
         if not moto.get("metrics"):
             log(f"error: no disparity for the Motorcycle frame arrived (outputs for "
@@ -554,4 +561,9 @@ def _json_default(o: Any) -> Any:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    if uses_tcp_transport():  # the receiver's TCP participant was left undestroyed (madis_ros.shutdown)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

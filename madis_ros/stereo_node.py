@@ -56,6 +56,7 @@ from madis_ros.image_conversion import ImageConversionError, UnsupportedEncoding
 from madis_ros.outputs import (make_color_disparity_image, make_confidence_image, make_depth_image,
                                make_disparity_image, make_pointcloud2)
 from madis_ros.params import NodeSettings, ParameterError, declare_parameters
+from madis_ros.shutdown import finish
 from madis_ros.processing import StereoFrameProcessor, inference_size
 from madis_ros.sync import StereoSynchronizer, stamp_ns
 
@@ -529,9 +530,17 @@ def _rss_mb() -> float:
 
 
 def main(args=None) -> int:
+    """Run the node until SIGINT/SIGTERM. The signals only set a flag: the executor stops at
+    its next 0.1 s tick, the worker publishes the pair in flight (rclpy's own handler would
+    invalidate the context under it), and ``madis_ros.shutdown.finish`` ends the process in
+    bounded time with status 0."""
+    import signal
+
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
-    rclpy.init(args=args)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    rclpy.init(args=args, signal_handler_options=rclpy.SignalHandlerOptions.NO)
     if tune_malloc():
         rclpy.logging.get_logger(NODE_NAME).debug("glibc malloc tuned to reuse per-frame buffers (see tune_malloc)")
     node = None
@@ -540,7 +549,8 @@ def main(args=None) -> int:
         node = StereoNode()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        executor.spin()
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except ParameterError as e:
@@ -552,8 +562,9 @@ def main(args=None) -> int:
     finally:
         if node is not None:
             node.shutdown()
-            node.destroy_node()
-        rclpy.try_shutdown()
+        code = finish(node, code, rclpy.logging.get_logger(NODE_NAME))
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     return code
 
 

@@ -1,8 +1,10 @@
 """Test helpers for real multi-process ROS 2 tests (real rclpy, real DDS, no mocks).
 
 Public API (also used by the bag tool's tests):
-    ros_env(domain_id, **extra) -> dict        child environment: ROS_DOMAIN_ID, Fast DDS large-data
-                                               transport, unbuffered Python
+    free_domain() -> int                       a ROS_DOMAIN_ID no other process holds (kept until exit)
+    ros_env(domain_id, transport="shm", **extra) -> dict   child environment: ROS_DOMAIN_ID, the
+                                               same-host shared-memory profile (or "large_data"),
+                                               unbuffered Python
     make_scene(width, height, kind="plane", disparity=24.0, seed=0) -> Scene
                                                textured synthetic stereo pair with exact ground truth
     NodeProcess(params, domain_id, namespace="", name=...)     the stereo node in its own process
@@ -28,11 +30,17 @@ message after "matched" may be lost. StereoInputs.wait_matched() waits a little 
 and .prime() confirms the path end to end; the publisher process waits 1.5 s.
 Children run in their own session and are stopped with SIGINT, then SIGTERM, then
 SIGKILL on their process group, so nothing outlives a test even when it fails.
-Why these transport settings: with Fast DDS's default transports large best-effort
-images between processes are mostly lost (environment.md); LARGE_DATA fixes it.
-ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST is deliberately NOT set: with it, rmw_fastrtps
-configures its own transports and LARGE_DATA no longer applies (measured here: 12 of 300
-640x480 pairs arrived at 30 Hz, against 300 of 300 without it). Domain ids isolate tests.
+Transport: with Fast DDS's default transports large best-effort images between processes
+are mostly lost (environment.md). Users set FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA (TCP +
+shared memory); the tests use ``madis_ros.transport``'s same-host profile instead (UDPv4
+discovery + large shared-memory segments, no TCP), for the pytest process (conftest.py)
+and for every child unless ``ros_env(..., transport="large_data")`` asks otherwise: a
+participant using TCP can deadlock in Fast DDS 3.2.x when it is destroyed (issue 19),
+and `benchmarks/dds_transports.py` measured the profile delivering as much.
+ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST is deliberately NOT set (it replaces the transports).
+Domains: ``free_domain()`` hands out a ROS_DOMAIN_ID that no other process of this user
+holds (a lock file per id, held until this process exits), so suites running side by side
+(two checkouts, a helper's worktree) never see each other's participants.
 """
 from __future__ import annotations
 
@@ -57,11 +65,34 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-TRANSPORT_ENV = {"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA"}
-for _k, _v in TRANSPORT_ENV.items():  # the test process itself talks DDS too
-    os.environ.setdefault(_k, _v)
+from madis_ros.transport import apply_shared_memory_env, shared_memory_env  # noqa: E402
+
+if __name__ != "__main__":  # the test process itself talks DDS too (conftest.py does it first); a
+    apply_shared_memory_env()  # child run as a script keeps the transport its parent chose
+LARGE_DATA_ENV = {"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA"}
 
 _CHILDREN: List["ChildProcess"] = []
+_DOMAIN_LOCKS: Dict[int, int] = {}
+
+
+def free_domain() -> int:
+    """A ROS_DOMAIN_ID in 1..100 that no other process of this user holds; it stays this
+    process's until it exits (a non-blocking flock on one file per id)."""
+    import fcntl
+
+    for domain in range(1, 101):
+        if domain in _DOMAIN_LOCKS:
+            continue
+        path = os.path.join(tempfile.gettempdir(), f"madis_ros_domain_{os.getuid()}_{domain}.lock")
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        _DOMAIN_LOCKS[domain] = fd
+        return domain
+    raise RuntimeError("no free ROS_DOMAIN_ID in 1..100: too many test processes are running")
 
 
 def _qos(reliable: bool, depth: int = 10):
@@ -74,9 +105,16 @@ RELIABLE = _qos(True)
 BEST_EFFORT = _qos(False)
 
 
-def ros_env(domain_id: int, **extra: str) -> Dict[str, str]:
-    env = dict(os.environ)
-    env.update(TRANSPORT_ENV)
+def ros_env(domain_id: int, transport: str = "shm", **extra: str) -> Dict[str, str]:
+    """A child's environment: its domain, unbuffered output, and the transport (``shm``: the
+    same-host profile; ``large_data``: FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA, what users set)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FASTDDS_")}
+    if transport == "shm":
+        env.update(shared_memory_env())
+    elif transport == "large_data":
+        env.update(LARGE_DATA_ENV)
+    else:
+        raise ValueError(f"transport must be shm or large_data, got {transport!r}")
     env["ROS_DOMAIN_ID"] = str(int(domain_id))
     env["PYTHONUNBUFFERED"] = "1"
     env["RCUTILS_COLORIZED_OUTPUT"] = "0"
@@ -149,9 +187,10 @@ def image_pair_messages(scene: Scene, encoding: str = "rgb8", frame: str = "left
 class ChildProcess:
     """A child in its own session with its output in a log file; always cleaned up."""
 
-    def __init__(self, argv: List[str], domain_id: int, log_path: Optional[str] = None, env_extra=None):
+    def __init__(self, argv: List[str], domain_id: int, log_path: Optional[str] = None, env_extra=None,
+                 transport: str = "shm"):
         self.argv = argv
-        self.env = ros_env(domain_id, **(env_extra or {}))
+        self.env = ros_env(domain_id, transport, **(env_extra or {}))
         self.log_path = log_path or tempfile.mktemp(prefix="madis_child_", suffix=".log")
         self.proc: Optional[subprocess.Popen] = None
 
@@ -238,7 +277,7 @@ class NodeProcess(ChildProcess):
     """``python -m madis_ros.stereo_node`` with a params file written from ``params``."""
 
     def __init__(self, params: Dict[str, Any], domain_id: int, namespace: str = "", name: Optional[str] = None,
-                 extra_args: Optional[List[str]] = None, log_path: Optional[str] = None):
+                 extra_args: Optional[List[str]] = None, log_path: Optional[str] = None, transport: str = "shm"):
         import yaml
 
         fd, self.params_path = tempfile.mkstemp(prefix="madis_params_", suffix=".yaml")
@@ -250,7 +289,7 @@ class NodeProcess(ChildProcess):
         if name:
             argv += ["-r", f"__node:={name}"]
         argv += list(extra_args or [])
-        super().__init__(argv, domain_id, log_path)
+        super().__init__(argv, domain_id, log_path, transport=transport)
 
     def stop(self, timeout: float = 10.0) -> Optional[int]:
         rc = super().stop(timeout)
@@ -261,12 +300,12 @@ class NodeProcess(ChildProcess):
         return rc
 
 
-def start_publisher(domain_id: int, **options: Any) -> ChildProcess:
+def start_publisher(domain_id: int, transport: str = "shm", **options: Any) -> ChildProcess:
     """A separate publisher process (see ``publish_main`` for the options)."""
     argv = [sys.executable, str(Path(__file__).resolve()), "publish"]
     for k, v in options.items():
         argv += [f"--{k.replace('_', '-')}", str(v)]
-    return ChildProcess(argv, domain_id).start()
+    return ChildProcess(argv, domain_id, transport=transport).start()
 
 
 def stop_all() -> None:

@@ -2,7 +2,7 @@
 offline with ``madis-bag eval`` (compared with ``madis_core.evaluate``), broken on
 purpose, and replayed over real DDS into the real stereo node.
 
-ROS_DOMAIN_ID 50..59 (the node helper's tests use 10..49, the demo test 60..69).
+ROS_DOMAIN_ID from ``rosutil.free_domain()``.
 """
 from __future__ import annotations
 
@@ -333,13 +333,13 @@ def test_best_effort_recording_reaches_the_node_with_its_default_qos(tmp_path):
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from stereo_msgs.msg import DisparityImage
 
-    from rosutil import ChildProcess, NodeProcess, RosContext, make_scene
+    from rosutil import ChildProcess, NodeProcess, RosContext, free_domain, make_scene
 
     scenes = [make_scene(320, 240, "plane", disparity=20.0 + 2 * i, seed=i) for i in range(6)]
     bag = tmp_path / "best_effort_bag"
     stamps = _write_stereo_bag(bag, [(s.left, s.right, s.disparity) for s in scenes], scenes[0].camera,
                                "mcap", reliability="best_effort", gt=False, hz=4.0)
-    domain = 51
+    domain = free_domain()
     with RosContext(domain) as ros:
         got = ros.subscribe(DisparityImage, f"{NS}/disparity")
         got_reliable = ros.subscribe(DisparityImage, "/reliable_node/disparity")

@@ -1,7 +1,7 @@
 """``make demo`` end to end: bag -> player process -> node process -> this demo process,
 over real DDS, with the real SGBM model; and the demo's failure path.
 
-ROS_DOMAIN_ID 60..69.
+ROS_DOMAIN_ID from ``rosutil.free_domain()``.
 """
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ import numpy as np
 import pytest
 
 from madis_ros.params import DEFAULT_MODEL
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from rosutil import free_domain  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,12 +52,12 @@ def test_demo_end_to_end(tmp_path):
 
     out = tmp_path / "demo_out"
     t0 = time.monotonic()
-    r = _run_demo(out, 61)
+    r = _run_demo(out, free_domain())
     wall = time.monotonic() - t0
     assert r.returncode == 0, r.stdout + r.stderr
     assert wall < 150, f"demo took {wall:.0f} s"
     text = r.stdout
-    assert "FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA" in text
+    assert "FASTDDS_DEFAULT_PROFILES_FILE=" in text  # the same-host profile the suite runs with
     moto_line = next(line for line in text.splitlines() if line.startswith("Motorcycle"))
     for word in ("bad-2", "EPE", "density", "bad-1", "bad-3"):
         assert word in moto_line
@@ -104,7 +107,7 @@ def test_demo_fails_clearly_when_the_node_produces_nothing(tmp_path):
     the demo must say so and exit non-zero, in bounded time, leaving no process behind."""
     out = tmp_path / "demo_fail"
     t0 = time.monotonic()
-    r = _run_demo(out, 62, "--synthetic-frames", "0", "--play-rate", "2", "--max-passes", "2",
+    r = _run_demo(out, free_domain(), "--synthetic-frames", "0", "--play-rate", "2", "--max-passes", "2",
                   "--subscriber-wait", "3", "--node-arg=-r", "--node-arg=left/camera_info:=/nowhere",
                   timeout=120)
     assert r.returncode == 1, r.stdout + r.stderr

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rosutil import (BEST_EFFORT, RELIABLE, NodeProcess, RosContext, StereoInputs, clock_msg,  # noqa: E402
+from rosutil import (BEST_EFFORT, RELIABLE, NodeProcess, RosContext, StereoInputs, clock_msg, free_domain,  # noqa: E402
                      diagnostics_values, image_pair_messages, make_scene, outputs_with_stamp, start_publisher)
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
@@ -29,7 +29,7 @@ from madis_ros.outputs import disparity_from_msg, pointcloud2_to_numpy  # noqa: 
 
 pytestmark = pytest.mark.timeout(180)
 
-DOMAIN_A, DOMAIN_B, DOMAIN_D, DOMAIN_E, DOMAIN_FATAL = 11, 12, 13, 15, 14
+DOMAIN_A, DOMAIN_B, DOMAIN_D, DOMAIN_E, DOMAIN_FATAL = (free_domain() for _ in range(5))
 W, H, D_TRUE = 320, 240, 24.0
 FX, BASELINE = 300.0, 0.1
 

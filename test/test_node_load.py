@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rosutil import NodeProcess, RosContext, diagnostics_values, start_publisher  # noqa: E402
+from rosutil import NodeProcess, RosContext, diagnostics_values, free_domain, start_publisher  # noqa: E402
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from stereo_msgs.msg import DisparityImage  # noqa: E402
 
-DOMAIN = 30
+DOMAIN = free_domain()
 W, H, RATE, DURATION = 640, 480, 30.0, 10.0
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rosutil import RELIABLE, NodeProcess, RosContext, StereoInputs, image_pair_messages, make_scene  # noqa: E402
+from rosutil import RELIABLE, NodeProcess, RosContext, StereoInputs, free_domain, image_pair_messages, make_scene  # noqa: E402
 
 pytest.importorskip("onnxruntime", reason="the onnxruntime backend needs the onnxruntime package")
 
@@ -26,7 +26,7 @@ from madis_ros.outputs import disparity_from_msg  # noqa: E402
 
 pytestmark = pytest.mark.timeout(150)
 
-DOMAIN = 92
+DOMAIN = free_domain()
 W, H = 330, 250
 TOL_PX = 1e-3
 
