@@ -65,8 +65,10 @@ def test_any_size_and_outputs():
     assert extra["features"]["f8"].shape[1] == 48 and extra["tokens"].shape[-1] == 64
 
 
-def test_masks_hide_patches_and_reconstruction_has_patch_layout():
+@pytest.mark.parametrize("level", ["tokens", "stem"])
+def test_masks_hide_patches_and_reconstruction_has_patch_layout(level):
     m = warm_tiny().eval()
+    m.mask_level = level
     left, right = pair(2, 64, 128)
     n = (64 // 16) * (128 // 16)
     none = torch.zeros(2, n, dtype=torch.bool)
@@ -77,7 +79,11 @@ def test_masks_hide_patches_and_reconstruction_has_patch_layout():
         masked = m(left, right, mask_left=random_masks(2, n, 0.4, g), mask_right=random_masks(2, n, 0.4, g),
                    reconstruct=True)
     torch.testing.assert_close(unmasked["disparity"], plain["disparity"])
-    assert not torch.allclose(masked["disparity"], plain["disparity"])
+    assert not torch.allclose(masked["recon_left"], unmasked["recon_left"])  # hidden from the transformer
+    if level == "stem":  # hidden from the matching too
+        assert not torch.allclose(masked["disparity"], plain["disparity"])
+    else:  # the correlation still sees every pixel: with the zero token projection nothing else changes
+        torch.testing.assert_close(masked["disparity"], plain["disparity"])
     assert masked["recon_left"].shape == (2, n, 16 * 16 * 3) == masked["recon_right"].shape
     with pytest.raises(ValueError, match="multiples of 16"):
         m(left[..., :60], right[..., :60], mask_left=none, mask_right=none)
@@ -143,7 +149,7 @@ def test_madis_task_step_masks_reconstructs_and_keeps_the_teacher_frozen():
     assert {"disp", "coarse", "rec_left", "rec_right", "pseudo", "epe"} <= set(logs)
     loss.backward()
     assert all(p.grad is None for p in task.teacher.parameters())
-    assert task.model.recon_head.weight.grad is not None and task.model.mask_embed.grad is not None
+    assert task.model.recon_head.weight.grad is not None and task.model.mask_token.grad is not None
     before = task.teacher.module.token_in.weight.clone()
     task.model.token_in.weight.data.add_(1.0)
     task.after_optimizer_step(0)
