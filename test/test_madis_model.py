@@ -154,3 +154,22 @@ def test_madis_task_step_masks_reconstructs_and_keeps_the_teacher_frozen():
     task.model.token_in.weight.data.add_(1.0)
     task.after_optimizer_step(0)
     torch.testing.assert_close(task.teacher.module.token_in.weight, before + 0.5)
+
+
+def test_infer_upscales_small_disparity_pairs_and_rescales_the_answer():
+    """Adaptive test-time upscaling: a 6 px pair runs again at 2x and comes back in input pixels;
+    with no room to upscale (or inference_scale 1) infer() is the plain forward."""
+    torch.manual_seed(0)
+    base = torch.rand(1, 3, 96, 220)
+    base = torch.nn.functional.avg_pool2d(base, 5, 1, 2)
+    base = (base - base.mean()) * 3 + 0.5
+    left, right = base[..., :192], base[..., 6:198]  # left(x) = right(x - 6): disparity 6 px
+    m = warm_tiny().eval()
+    plain = m(left, right)["disparity"]
+    up = m.infer(left, right)
+    assert up["disparity"].shape == plain.shape and not torch.allclose(up["disparity"], plain)
+    inner = (slice(None), slice(None), slice(16, -16), slice(40, -16))
+    assert abs(float(up["disparity"][inner].median()) - 6.0) < 1.0, float(up["disparity"][inner].median())
+    for scale in (1.0, 1.05):
+        m.inference_scale = scale
+        torch.testing.assert_close(m.infer(left, right)["disparity"], plain)
