@@ -133,8 +133,12 @@ class MadisMatchStereo(nn.Module):
         self.freeze_bn = bool(freeze_bn)
         self.features = FeatureExtractor(8, c4, c8, c16, blocks4, blocks8, blocks16, patch_stem=True)
         self.feature_strides = {"stem": 4, "f4": 4, "f8": 8}
-        self.mask_embed = nn.Parameter(torch.zeros(1, c4, 1, 1))  # hidden stem cells (mask_level stem)
-        self.mask_token = nn.Parameter(torch.zeros(1, 1, 1, dim))  # hidden tokens (mask_level tokens)
+        # what stands in for a hidden patch: one parameter, for the chosen mask_level only (a
+        # parameter that never receives a gradient breaks DistributedDataParallel)
+        if mask_level == "stem":
+            self.mask_embed = nn.Parameter(torch.zeros(1, c4, 1, 1))  # hidden stem cells
+        else:
+            self.mask_token = nn.Parameter(torch.zeros(1, 1, 1, dim))  # hidden 1/8 tokens
         self.token_in = nn.Linear(c8, dim)
         self.blocks = nn.ModuleList([EpipolarBlock(dim, heads, mlp_ratio, rope_base) for _ in range(depth)])
         self.token_norm = nn.LayerNorm(dim)
@@ -162,7 +166,8 @@ class MadisMatchStereo(nn.Module):
         nn.init.zeros_(self.token_out.bias)
         nn.init.zeros_(self.conf_head[-1].weight)
         nn.init.zeros_(self.conf_head[-1].bias)
-        nn.init.normal_(self.mask_token, std=0.02)
+        if self.mask_level == "tokens":
+            nn.init.normal_(self.mask_token, std=0.02)
 
     def train(self, mode: bool = True) -> "MadisMatchStereo":
         super().train(mode)
@@ -216,7 +221,8 @@ class MadisMatchStereo(nn.Module):
             stem_mask = self._mask_map(mask_left, mask_right, h + ph, w + pw, 4)
         elif mask_left is not None:
             token_mask = self._mask_map(mask_left, mask_right, h + ph, w + pw, 8).permute(0, 2, 3, 1)
-        feats = self.features(left, right, stem_mask=stem_mask, mask_embed=self.mask_embed)
+        feats = self.features(left, right, stem_mask=stem_mask,
+                              mask_embed=self.mask_embed if stem_mask is not None else None)
         f8 = feats["f8"]
         tokens = self.token_in(f8.permute(0, 2, 3, 1))  # 2B x h8 x w8 x dim
         if token_mask is not None:

@@ -159,7 +159,7 @@ class MadisTask(TrainingTask):
         """The teacher's disparity and confidence for the unmasked pair (no gradient reaches anything)."""
         t = self.teacher.module
         if self.ema_scope == "full":
-            out = t(left, right, extras=False) if hasattr(t, "mask_embed") else t(left, right)
+            out = t(left, right, extras=False) if hasattr(t, "mask_level") else t(left, right)
         else:
             out = self.model.decode_pair(t.encode_pair(t.normalize(left), t.normalize(right)))
         return out["disparity"].detach(), out["confidence"].detach()
