@@ -23,7 +23,7 @@ figure would be without the other processes. Like the node's main(), the part ca
 ``tune_malloc()`` first (without it every frame's buffers are fresh pages: see its doc).
 Target: median overhead <= 10 ms at 640x480 with a colour cloud on the 2-core CPU.
 
-Part 2, end to end (three processes over DDS): ``test/rosutil.py publish`` sends 640x480
+Part 2, end to end (three processes over DDS): ``test/publisher.py`` sends 640x480
 rgb8 pairs with camera_info (best effort, ``--rate`` Hz); the node process
 (``python -m madis_ros.stereo_node``, debug logging of its per-frame timing lines) runs
 the model; this process subscribes to ``points2`` and measures receipt wall time minus the
@@ -68,12 +68,6 @@ DEFAULT_DOMAIN = 97
 TARGET_MS = 10.0
 
 
-def default_model() -> str:
-    from madis_core.checkpoint import shipped_weights
-
-    return "student" if shipped_weights("student") is not None else "sgbm"
-
-
 def _pct(values: List[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else float("nan")
 
@@ -88,8 +82,8 @@ def node_params(model: str, random_init: bool, color_disparity: bool, cloud_colo
                 extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     p = {"model": model, "device": "cpu", "publish_color_disparity": color_disparity, "cloud_color": cloud_color,
          "no_input_warn_sec": 3600.0}
-    if random_init and not model.startswith("sgbm"):
-        p["model_random_init"] = True
+    if random_init:
+        p["model_random_init"] = True  # ignored by classical models
     p.update(extra or {})
     return p
 
@@ -104,7 +98,9 @@ def measure_overhead(params: Dict[str, Any], width: int = 640, height: int = 480
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import PointCloud2
 
-    from madis_ros.stereo_node import StereoNode, tune_malloc
+    from madis_ros.frame_sync import LEFT_INFO, RIGHT_INFO
+    from madis_ros.node_runtime import tune_malloc
+    from madis_ros.stereo_node import StereoNode
     from rosutil import image_pair_messages, make_scene, to_time
 
     tune_malloc()  # as the node's main() does
@@ -148,15 +144,15 @@ def measure_overhead(params: Dict[str, Any], width: int = 640, height: int = 480
             stamp = to_time(t0 + 0.05 * i)
             for m in (li, ri, lc, rc):
                 m.header.stamp = stamp
-            node._on_info(0, lc)
-            node._on_info(1, rc)
+            node.sync.add(LEFT_INFO, lc)
+            node.sync.add(RIGHT_INFO, rc)
             cpu_excluded[0] = 0.0
             c0 = time.process_time()
-            reason = node._process(li, ri, time.monotonic())
+            reason = node._process((li, ri, time.monotonic()))
             cpu_overhead.append((time.process_time() - c0 - cpu_excluded[0]) * 1e3)
             if reason is not None:
                 raise RuntimeError(f"the node dropped the pair: {reason}")
-        rows = list(node._frames)[warmup:]
+        rows = node.frame_stats.rows()[warmup:]
         # what the node published (the subscriber keeps the last cloud): proof the cloud was built
         from rclpy.executors import SingleThreadedExecutor
 
@@ -181,17 +177,17 @@ def measure_overhead(params: Dict[str, Any], width: int = 640, height: int = 480
 def stage_breakdown(model: str, random_init: bool, width: int = 640, height: int = 480,
                     frames: int = 15) -> Dict[str, Dict[str, float]]:
     """The node's per-frame functions called one by one (for profiling; the total is part 1's)."""
-    from madis_core.estimator import StereoEstimator
+    from madis_core.estimator import build_estimator
+    from madis_core.pipeline import StereoFrameProcessor
     from madis_ros.camera_info import stereo_camera_from_infos
     from madis_ros.image_conversion import image_to_estimator_input
-    from madis_ros.outputs import (make_color_disparity_image, make_depth_image, make_disparity_image,
-                                   make_pointcloud2)
+    from madis_ros.messages import (make_color_disparity_image, make_depth_image, make_disparity_image,
+                                    make_pointcloud2)
     from madis_ros.params import settings_from_dict
-    from madis_ros.processing import StereoFrameProcessor
     from rosutil import image_pair_messages, make_scene
 
     settings = settings_from_dict(node_params(model, random_init, True))
-    est = StereoEstimator.from_pretrained(model, device="cpu", **settings.backend_options())
+    est = build_estimator(**settings.estimator_kwargs())
     proc = StereoFrameProcessor(est, settings.processing_settings())
     scene = make_scene(width, height, "slanted", disparity=40.0 * width / 640.0)
     li, ri, lc, rc = image_pair_messages(scene, "rgb8")
@@ -226,7 +222,7 @@ def stage_breakdown(model: str, random_init: bool, width: int = 640, height: int
 
 
 # --- part 2: end to end over DDS -------------------------------------------------------------------
-_FRAME_RX = re.compile(r"frame stamp_ns=(\d+) inference_ms=([\d.]+) overhead_ms=([\d.]+) publish_ms=([\d.]+) "
+_FRAME_RX = re.compile(r"frame stamp_ns=(\d+) right_stamp_ns=\d+ inference_ms=([\d.]+) overhead_ms=([\d.]+) publish_ms=([\d.]+) "
                        r"latency_ms=([\d.]+)")
 
 
@@ -290,6 +286,8 @@ def main(argv=None) -> int:
     ap.add_argument("--e2e-only", action="store_true")
     ap.add_argument("--out", default="bench_out")
     args = ap.parse_args(argv)
+    from madis_core.estimator import default_model
+
     model = args.model or default_model()
     w, h = map(int, args.size.lower().split("x"))
     meta = {"host": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",

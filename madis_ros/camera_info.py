@@ -9,8 +9,6 @@ Public API (stable; the node and the bag tools use it):
         left-reference rig, so this is -P_r[0,3]/P_r[0,0] as in ros-conventions.md),
         doffs = P_r[0,2] - P_l[0,2].
         ``image_size=(width, height)`` checks the infos against the images.
-    camera_infos_from_stereo_camera(camera, frame_left, frame_right, stamp=None)
-        -> (left CameraInfo, right CameraInfo) rclpy messages (tests, demo, bag writer).
     CameraInfoError (ValueError): every refusal; the text names the field and value.
 
 Why its own module: a camera_info with a zero, negative or NaN focal length or
@@ -86,25 +84,3 @@ def stereo_camera_from_infos(left_info: Any, right_info: Any,
         raise CameraInfoError(f"camera_info image size is {width}x{height}; give image_size or fill width/height")
     return StereoCamera(width=width, height=height, fx=fx, fy=fy, cx=float(pl[0, 2]), cy=float(pl[1, 2]),
                         baseline=float(baseline), doffs=float(pr[0, 2] - pl[0, 2]))
-
-
-def camera_infos_from_stereo_camera(camera: StereoCamera, frame_left: str = "left_camera_optical_frame",
-                                    frame_right: Optional[str] = None, stamp: Any = None):
-    """rclpy CameraInfo messages (rectified, no distortion) describing ``camera``."""
-    from sensor_msgs.msg import CameraInfo
-
-    pl, pr = camera.projection_matrices()
-    out = []
-    for p, frame in ((pl, frame_left), (pr, frame_right or frame_left)):
-        m = CameraInfo()
-        m.header.frame_id = frame
-        if stamp is not None:
-            m.header.stamp = stamp
-        m.width, m.height = int(camera.width), int(camera.height)
-        m.distortion_model = "plumb_bob"
-        m.d = [0.0] * 5
-        m.k = [float(p[0, 0]), 0.0, float(p[0, 2]), 0.0, float(p[1, 1]), float(p[1, 2]), 0.0, 0.0, 1.0]
-        m.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
-        m.p = [float(v) for v in p.reshape(-1)]
-        out.append(m)
-    return out[0], out[1]

@@ -12,7 +12,6 @@ Public API (stable):
                                  "exact sync drops everything" warning), or None
         .backend                 "message_filters" or "madis"
     ExactTimeSynchronizer, ApproximateTimeSynchronizer: the project's own implementations.
-    stamp_ns(msg) -> int nanoseconds of msg.header.stamp (rclpy or rosbags messages)
 
 Semantics (identical to message_filters' Python TimeSynchronizer /
 ApproximateTimeSynchronizer, which are used when importable):
@@ -34,10 +33,7 @@ import threading
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional
 
-
-def stamp_ns(msg: Any) -> int:
-    s = msg.header.stamp
-    return int(s.sec) * 1_000_000_000 + int(s.nanosec)
+from madis_ros.msgkit import stamp_ns
 
 
 class _QueuedSynchronizer:

@@ -25,7 +25,7 @@ from sensor_msgs.msg import Image, PointCloud2  # noqa: E402
 from stereo_msgs.msg import DisparityImage  # noqa: E402
 
 from madis_ros.image_conversion import image_to_numpy  # noqa: E402
-from madis_ros.outputs import disparity_from_msg, pointcloud2_to_numpy  # noqa: E402
+from madis_ros.messages import disparity_from_msg, pointcloud2_to_numpy  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -368,7 +368,7 @@ def test_out_of_memory_on_one_frame_does_not_kill_the_node(nodes):
         assert rc.wait_for(lambda: outputs_with_stamp(disp, stamp), 30), node.log_text()
         inp.send(image_pair_messages(big))
         assert node.wait_for_log(r"out of memory running student-lite on cpu at 2560x1920 \(input 640x480\): frame "
-                                 r"dropped, node continues", 30), node.log_text()[-3000:]
+                                 r"dropped, processing continues", 30), node.log_text()[-3000:]
         stamp = inp.send(image_pair_messages(small))
         assert rc.wait_for(lambda: outputs_with_stamp(disp, stamp), 30), node.log_text()[-3000:]
         assert rc.wait_for(lambda: int(diag(diags).get("dropped_inference_oom", 0)) == 1 and

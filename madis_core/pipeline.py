@@ -1,19 +1,21 @@
-"""The per-frame pipeline shared by the node and the offline bag evaluator (no ROS imports).
+"""The per-frame pipeline: a stereo pair in; disparity, depth, points, colours and confidence out.
+
+Used by the ROS node, ``madis-bag eval``, ``madis predict`` and the demo (through the node),
+so every entry point produces the same numbers from the same pair.
 
     settings = ProcessingSettings(inference_scale=0.5, publish_resolution="camera")
     proc = StereoFrameProcessor(estimator, settings)
-    out = proc.process(left, right, camera)     # numpy images + madis_core StereoCamera
+    out = proc.process(left, right, camera)     # numpy images + StereoCamera (None: disparity only)
     out.disparity, out.depth, out.points, out.colors, out.confidence, out.camera, out.timings_ms
 
 Public API (stable):
     ProcessingSettings   what to compute and at which resolution (validated in __post_init__)
-    StereoFrameProcessor(estimator, settings).process(left, right, camera) -> FrameResult
+    StereoFrameProcessor(estimator, settings).process(left, right, camera, compute_points=None) -> FrameResult
     FrameResult          arrays at the output resolution plus the camera that describes them
     inference_size(width, height, settings) -> (w, h)
     rgb8_for_colour(img) -> uint8 HxWx3 (mono replicated, 16-bit shifted)
 
-Why one place: the node and ``madis-bag eval`` must produce the same numbers from the
-same pair, and the resolution bookkeeping is easy to get wrong. Images are resized to
+Why one place: the resolution bookkeeping is easy to get wrong. Images are resized to
 the inference size, the camera is scaled with them (``StereoCamera.scaled``: fx, cx,
 doffs times sx; fy, cy times sy), the model runs, pixels under the confidence
 threshold or above ``max_disparity`` are invalidated, and if outputs are wanted at
@@ -90,10 +92,10 @@ class ProcessingSettings:
 class FrameResult:
     #: float32 HxW pixels at the output resolution, NaN invalid
     disparity: np.ndarray
-    #: camera describing the output resolution (use it for DisparityImage f/t and depth)
-    camera: StereoCamera
+    #: camera describing the output resolution (use it for DisparityImage f/t and depth); None without one
+    camera: Optional[StereoCamera]
     #: camera at the inference resolution
-    inference_camera: StereoCamera
+    inference_camera: Optional[StereoCamera]
     #: float32 HxW metres, NaN invalid (None unless compute_depth)
     depth: Optional[np.ndarray] = None
     #: float32 hxwx3 (organized, decimated) or 1xNx3 (unorganized), left optical frame
@@ -149,19 +151,24 @@ class StereoFrameProcessor:
         self.estimator = estimator
         self.settings = settings or ProcessingSettings()
 
-    def process(self, left: np.ndarray, right: np.ndarray, camera: StereoCamera) -> FrameResult:
+    def process(self, left: np.ndarray, right: np.ndarray, camera: Optional[StereoCamera],
+                compute_points: Optional[bool] = None) -> FrameResult:
+        """One pair through the pipeline. ``camera`` None: disparity (and confidence) only.
+        ``compute_points`` overrides the settings for this call (the node builds the cloud only
+        while someone subscribes to it)."""
         s = self.settings
+        want_points = s.compute_points if compute_points is None else bool(compute_points)
         t0 = time.perf_counter()
         h, w = left.shape[:2]
         if right.shape[:2] != (h, w):
             raise ValueError(f"left and right sizes differ: {w}x{h} vs {right.shape[1]}x{right.shape[0]}")
-        if (camera.width, camera.height) != (w, h):
+        if camera is not None and (camera.width, camera.height) != (w, h):
             raise ValueError(f"camera is for {camera.width}x{camera.height} images but the images are {w}x{h}")
         wi, hi = inference_size(w, h, s)
         down = wi * hi < w * h
         interp = cv2.INTER_AREA if down else cv2.INTER_LINEAR
         left_i, right_i = _resize(left, wi, hi, interp), _resize(right, wi, hi, interp)
-        cam_i = camera if (wi, hi) == (w, h) else camera.scaled(wi, hi)
+        cam_i = camera if camera is None or (wi, hi) == (w, h) else camera.scaled(wi, hi)
         t1 = time.perf_counter()
 
         res = self.estimator.predict(left_i, right_i)
@@ -185,14 +192,13 @@ class StereoFrameProcessor:
         else:
             sx = 1.0
             cam_out, colour_src = cam_i, left_i
+        meta = self.estimator.meta
+        max_d = min(s.max_disparity, meta.max_disparity) if s.max_disparity else meta.max_disparity
         out = FrameResult(disparity=np.ascontiguousarray(disp, dtype=np.float32), camera=cam_out,
-                          inference_camera=cam_i, confidence=conf,
-                          min_disparity=float(self.estimator.min_disparity) * sx,
-                          max_disparity=float(min(s.max_disparity, self.estimator.max_disparity) if s.max_disparity
-                                              else self.estimator.max_disparity) * sx,
-                          delta_d=float(self.estimator.delta_d) * sx)
+                          inference_camera=cam_i, confidence=conf, min_disparity=float(meta.min_disparity) * sx,
+                          max_disparity=float(max_d) * sx, delta_d=float(meta.delta_d) * sx)
 
-        if s.compute_depth or s.compute_points:
+        if cam_out is not None and (s.compute_depth or want_points):
             depth = cam_out.disparity_to_depth(out.disparity)
             if s.min_depth > 0 or s.max_depth > 0:
                 lo = s.min_depth if s.min_depth > 0 else 0.0
@@ -201,7 +207,7 @@ class StereoFrameProcessor:
                     depth[(depth < lo) | (depth > hi)] = np.nan
             if s.compute_depth:
                 out.depth = depth
-            if s.compute_points:
+            if want_points:
                 k = int(s.cloud_decimation)
                 pts = _points(cam_out, depth, k)
                 cols = rgb8_for_colour(colour_src[::k, ::k]) if s.cloud_color else None
