@@ -98,7 +98,7 @@ def measure_overhead(params: Dict[str, Any], width: int = 640, height: int = 480
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import PointCloud2
 
-    from madis_ros.frame_sync import LEFT_INFO, RIGHT_INFO
+    from madis_ros.frame_sync import StereoInput
     from madis_ros.node_runtime import tune_malloc
     from madis_ros.stereo_node import StereoNode
     from rosutil import image_pair_messages, make_scene, to_time
@@ -144,11 +144,9 @@ def measure_overhead(params: Dict[str, Any], width: int = 640, height: int = 480
             stamp = to_time(t0 + 0.05 * i)
             for m in (li, ri, lc, rc):
                 m.header.stamp = stamp
-            node.sync.add(LEFT_INFO, lc)
-            node.sync.add(RIGHT_INFO, rc)
             cpu_excluded[0] = 0.0
             c0 = time.process_time()
-            reason = node._process((li, ri, time.monotonic()))
+            reason = node._process((StereoInput(li, ri, lc, rc), time.monotonic()))
             cpu_overhead.append((time.process_time() - c0 - cpu_excluded[0]) * 1e3)
             if reason is not None:
                 raise RuntimeError(f"the node dropped the pair: {reason}")
@@ -227,16 +225,17 @@ _FRAME_RX = re.compile(r"frame stamp_ns=(\d+) right_stamp_ns=\d+ inference_ms=([
 
 
 def end_to_end(model: str, random_init: bool, width: int = 640, height: int = 480, rate: float = 10.0,
-               duration: float = 15.0, domain_id: int = DEFAULT_DOMAIN, extra: Optional[Dict[str, Any]] = None
-               ) -> Dict[str, Any]:
+               duration: float = 15.0, domain_id: int = DEFAULT_DOMAIN, extra: Optional[Dict[str, Any]] = None,
+               transport: str = "raw", qos: str = "best_effort", kind: str = "slanted") -> Dict[str, Any]:
     """Publisher process -> node process -> this process; latency = points2 receipt - stamp."""
+    from diagnostic_msgs.msg import DiagnosticArray
     from sensor_msgs.msg import PointCloud2
 
     import rosutil
     from rosutil import NodeProcess, RosContext, start_publisher
 
     os.environ.pop("ROS_AUTOMATIC_DISCOVERY_RANGE", None)  # children inherit this environment
-    params = node_params(model, random_init, False, extra=extra)
+    params = node_params(model, random_init, False, extra={"input_transport": transport, **(extra or {})})
     node = NodeProcess(params, domain_id, extra_args=["--log-level", "madis_stereo:=debug"]).start()
     pub = None
     try:
@@ -244,13 +243,17 @@ def end_to_end(model: str, random_init: bool, width: int = 640, height: int = 48
             raise RuntimeError(f"the node did not start:\n{node.log_text()[-3000:]}")
         with RosContext(domain_id, "node_latency_probe") as rc:
             col = rc.subscribe(PointCloud2, "points2", rosutil.RELIABLE)
+            diags = rc.subscribe(DiagnosticArray, "/diagnostics", rosutil.RELIABLE)
             end = time.monotonic() + 20
             while time.monotonic() < end and rc.node.count_publishers("points2") == 0:
                 time.sleep(0.05)
-            pub = start_publisher(domain_id, width=width, height=height, kind="slanted",
-                                  disparity=40.0 * width / 640.0, rate=rate, duration=duration, qos="best_effort")
+            pub = start_publisher(domain_id, width=width, height=height, kind=kind,
+                                  disparity=40.0 * width / 640.0, rate=rate, duration=duration, qos=qos,
+                                  image_transport=transport)
             pub.wait(duration + 40)
             time.sleep(1.0)  # the last frame in flight
+            rc.wait_for(lambda: rosutil.diagnostics_values(diags.msgs).get("pairs_pending") == "0", 5)
+            counts = rosutil.diagnostics_values(diags.msgs)
             rss = node.rss_mb()
             items = [(wall, m.header.stamp.sec + m.header.stamp.nanosec * 1e-9, m) for _, wall, m in col.items]
         summary_line = re.search(r"PUBLISHED (\{.*\})", pub.log_text())
@@ -262,7 +265,13 @@ def end_to_end(model: str, random_init: bool, width: int = 640, height: int = 48
     e2e = [(wall - stamp) * 1e3 for wall, stamp, _ in items]
     frames = [tuple(map(float, m.groups()[1:])) for m in _FRAME_RX.finditer(node.log_text())]
     return {"model": model, "random_init": random_init, "rate_hz": rate, "duration_s": duration,
+            "size": f"{width}x{height}", "transport": transport, "qos": qos, "node_params": params,
+            "image_bytes": published.get("image_bytes"),
             "pairs_published": published.get("sent"), "points2_received": len(items),
+            # what reached the node: synchronised frames, and per input topic
+            "node_pairs_received": int(counts.get("pairs_received", 0)),
+            "node_dropped_superseded": int(counts.get("dropped_superseded", 0)),
+            "node_received": {k[len("received_"):]: int(v) for k, v in counts.items() if k.startswith("received_")},
             "points2_rate_hz": round(len(items) / duration, 2) if duration else float("nan"),
             "e2e_stamp_to_points2_ms": _summary(e2e),
             "node_inference_ms": _summary([f[0] for f in frames]),
@@ -282,6 +291,15 @@ def main(argv=None) -> int:
     ap.add_argument("--rate", type=float, default=10.0, help="publisher rate (Hz) for the end-to-end part")
     ap.add_argument("--duration", type=float, default=15.0, help="seconds of publishing")
     ap.add_argument("--domain", type=int, default=DEFAULT_DOMAIN)
+    ap.add_argument("--transport", default="raw", choices=["raw", "compressed"],
+                    help="end to end: images as sensor_msgs/Image or CompressedImage (jpeg)")
+    ap.add_argument("--qos", default="best_effort", choices=["best_effort", "reliable"],
+                    help="end to end: the publisher's reliability (the node subscribes with sensor_data)")
+    ap.add_argument("--inference-scale", type=float, default=1.0, help="end to end: node parameter inference_scale")
+    ap.add_argument("--publish-resolution", default="camera", choices=["camera", "inference"],
+                    help="end to end: node parameter publish_resolution")
+    ap.add_argument("--kind", default="slanted", choices=["slanted", "photo"],
+                    help="end to end: the scene's texture (photo: a real photograph, compresses like camera images)")
     ap.add_argument("--overhead-only", action="store_true")
     ap.add_argument("--e2e-only", action="store_true")
     ap.add_argument("--out", default="bench_out")
@@ -310,10 +328,14 @@ def main(argv=None) -> int:
         result["breakdown"] = stage_breakdown(model, args.random_init, w, h)
         print("breakdown (p50 ms):  " + ";  ".join(f"{k} {v['p50']:.2f}" for k, v in result["breakdown"].items()))
     if not args.overhead_only:
-        e = end_to_end(model, args.random_init, w, h, args.rate, args.duration, args.domain)
+        e = end_to_end(model, args.random_init, w, h, args.rate, args.duration, args.domain,
+                       {"inference_scale": args.inference_scale, "publish_resolution": args.publish_resolution},
+                       args.transport, args.qos, args.kind)
         result["end_to_end"] = e
         l, inf, ov = e["e2e_stamp_to_points2_ms"], e["node_inference_ms"], e["node_overhead_ms"]
-        print(f"end to end: {e['points2_received']} points2 from {e['pairs_published']} pairs at {args.rate:g} Hz; "
+        print(f"end to end ({e['size']} {args.transport}, {args.qos}, images {e['image_bytes']} B): "
+              f"{e['node_pairs_received']} of {e['pairs_published']} pairs reached the node "
+              f"({e['node_dropped_superseded']} superseded), {e['points2_received']} points2 at {args.rate:g} Hz; "
               f"stamp->points2 p50 {l['p50']:.1f} ms p95 {l['p95']:.1f} ms; node inference p50 {inf['p50']:.1f} "
               f"p95 {inf['p95']:.1f} ms; node overhead p50 {ov['p50']:.2f} p95 {ov['p95']:.2f} ms; publish p50 "
               f"{e['node_publish_ms']['p50']:.2f} ms; pair->published in the node p50 "

@@ -5,7 +5,7 @@ No ROS imports anywhere in this package.
 Modules, lowest layer first (a module imports only from its own layer or below;
 ``test/test_import_graph.py`` checks it):
 - ``registry`` (the registry helper), ``camera`` (rectified geometry), ``io`` (PFM, PNG,
-  PLY), ``metrics``;
+  PLY), ``metrics``, ``rectify`` (rectification maps from a calibration), ``command``;
 - ``models`` (registry with ``ModelMeta``, networks, SGBM entries), ``data`` (datasets,
   synthetic generator, training stream);
 - ``checkpoint`` (weights files, shipped weights, loading), ``export`` (ONNX, TorchScript);

@@ -36,18 +36,28 @@ def default_model() -> str:
     return DEFAULT_MODEL if shipped_weights(DEFAULT_MODEL) is not None else "sgbm"
 
 
-def _load_backends() -> None:
-    """Import the backends (their registration); onnxruntime is optional at import time."""
-    from madis_core.backends import sgbm, torch_backend  # noqa: F401
-
-    try:
-        from madis_core.backends import onnx_backend  # noqa: F401
-    except ImportError:  # pragma: no cover - depends on the install
-        pass
+def _backend(name: str):
+    """The factory of backend ``name``, importing only its module (SGBM never loads torch, whose
+    import and interpreter exit cost seconds on a busy CPU); KeyError when it is not installed."""
+    if name not in BACKENDS:
+        try:
+            if name == "sgbm":
+                from madis_core.backends import sgbm  # noqa: F401
+            elif name == "torch":
+                from madis_core.backends import torch_backend  # noqa: F401
+            elif name == "onnxruntime":
+                from madis_core.backends import onnx_backend  # noqa: F401
+        except ImportError:  # pragma: no cover - onnxruntime is optional
+            pass
+    return BACKENDS.get(name)
 
 
 def list_backends() -> List[str]:
-    _load_backends()
+    for name in ("sgbm", "torch", "onnxruntime"):
+        try:
+            _backend(name)
+        except KeyError:  # pragma: no cover - not installed
+            pass
     return BACKENDS.names()
 
 
@@ -68,21 +78,22 @@ def build_estimator(model: Any, device: str = "auto", precision: str = "fp32", r
     own; the frame pipeline invalidates disparities above a limit). ``options`` go to the
     backend (e.g. ``block_size`` for SGBM, ``threads`` for onnxruntime).
     """
-    _load_backends()
     if is_classical(model):
         meta = get_entry(model).meta
         opts = {**meta.backend_options, **options}
         if max_disparity > 0:  # classical backends take their search range as max_disparity
             opts.setdefault("max_disparity", float(max_disparity))
-        return StereoEstimator(BACKENDS.get(meta.backend)(device=device, **opts))
+        return StereoEstimator(_backend(meta.backend)(device=device, **opts))
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
-    if runtime not in BACKENDS:
-        raise ValueError(f"runtime {runtime!r} is not available in this install")
+    try:
+        factory = _backend(runtime)
+    except KeyError:
+        raise ValueError(f"runtime {runtime!r} is not available in this install") from None
     if random_init:
         options["random_init"] = True
     key = model if not isinstance(model, os.PathLike) else os.fspath(model)
-    return StereoEstimator(BACKENDS.get(runtime)(model=key, device=device, precision=precision, **options))
+    return StereoEstimator(factory(model=key, device=device, precision=precision, **options))
 
 
 class StereoEstimator:

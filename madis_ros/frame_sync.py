@@ -1,23 +1,24 @@
-"""Stereo frames from four input streams: one synchroniser and one calibration cache, shared
-by the node and ``madis-bag eval`` so that a bag is paired offline exactly as the node
-pairs it live (no ROS imports; messages are duck-typed).
+"""Stereo frames from four input streams, shared by the node and ``madis-bag eval`` so that a bag is
+paired offline exactly as the node pairs it live (no ROS imports; messages are duck-typed).
 
-    sync = FrameSync(on_pair, approximate=False, slop=0.01, queue_size=5)
-    sync.add(LEFT, image); sync.add(RIGHT, image); sync.add(LEFT_INFO, info); ...
-    # on_pair(left, right) fires for each synchronised image pair
-    left_info, right_info = sync.calibration.infos_for(left, right, wait_s=0.25)
+    sync = FrameSync(on_frame, approximate=False, slop=0.01, queue_size=5, on_event=log)
+    sync.add(LEFT, image); sync.add(RIGHT, image); sync.add(LEFT_INFO, info); sync.add(RIGHT_INFO, info)
+    # on_frame(StereoInput(left, right, left_info, right_info)) for each synchronised frame
 
-Images are paired by ``madis_ros.sync.StereoSynchronizer`` (exact stamps, or approximate
-within ``slop``; message_filters when importable). camera_info messages go to the
-``CalibrationCache``: a pair takes the camera_info with its own stamp, else the latest of
-each side. ``wait_s`` covers drivers that publish the first image before its camera_info.
+All four inputs go through one ``madis_ros.sync.StereoSynchronizer`` (as stereo_image_proc
+does): exact stamps, or all four within ``slop`` seconds. A frame is therefore never
+processed with another frame's calibration; images whose camera_info never comes are
+dropped by the synchroniser and counted per input (``dropped(role)``).
+
+Stamps per input must increase. A stamp equal to the previous one on that input (a
+duplicated message) is dropped and counted; a stamp earlier than the previous one (a bag
+that loops, a restarted driver) resets the synchroniser so the new stream pairs from its
+start. ``on_event(kind, role, text)`` hears about both ("duplicate_stamp", "stamp_backwards").
 """
 from __future__ import annotations
 
-import threading
-import time
-from collections import OrderedDict
-from typing import Any, Callable, Dict, Optional, Tuple
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 from madis_ros.msgkit import stamp_ns
 from madis_ros.sync import StereoSynchronizer
@@ -26,60 +27,63 @@ LEFT, RIGHT, LEFT_INFO, RIGHT_INFO = "left", "right", "left_info", "right_info"
 ROLES = (LEFT, RIGHT, LEFT_INFO, RIGHT_INFO)
 
 
-class CalibrationCache:
-    """The recent camera_info messages of each side, by stamp, plus the latest one."""
-
-    def __init__(self, keep: int = 12):
-        self.keep = int(keep)  # camera_info messages remembered per side
-        self._by_stamp: Dict[int, "OrderedDict[int, Any]"] = {0: OrderedDict(), 1: OrderedDict()}
-        self._latest: Dict[int, Any] = {}
-        self._cond = threading.Condition()
-        self._closed = False
-
-    def add(self, side: int, msg: Any) -> None:
-        with self._cond:
-            cache = self._by_stamp[side]
-            cache[stamp_ns(msg)] = msg
-            while len(cache) > self.keep:
-                cache.popitem(last=False)
-            self._latest[side] = msg
-            self._cond.notify_all()
-
-    def close(self) -> None:
-        """Wake and end every wait (shutdown)."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-    def infos_for(self, left: Any, right: Any, wait_s: float = 0.0) -> Tuple[Optional[Any], Optional[Any]]:
-        """camera_info for each image of a pair: the one with its stamp, else the latest; waits up
-        to ``wait_s`` while a side has none at all."""
-        deadline = time.monotonic() + wait_s
-        with self._cond:
-            while (0 not in self._latest or 1 not in self._latest) and not self._closed:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                self._cond.wait(remaining)
-            return tuple(self._by_stamp[side].get(stamp_ns(img), self._latest.get(side))
-                         for side, img in ((0, left), (1, right)))  # type: ignore[return-value]
+@dataclass
+class StereoInput:
+    left: Any
+    right: Any
+    left_info: Any
+    right_info: Any
 
 
 class FrameSync:
-    """Images through the synchroniser, camera_info into the cache (see the module doc)."""
+    def __init__(self, on_frame: Callable[[StereoInput], None], approximate: bool = False, slop: float = 0.01,
+                 queue_size: int = 5, use_message_filters: Optional[bool] = None,
+                 on_event: Optional[Callable[[str, str, str], None]] = None):
+        """``on_frame(StereoInput)`` gets each synchronised frame; ``approximate``/``slop`` (s)/
+        ``queue_size`` are the node's sync parameters; ``use_message_filters`` None: when importable;
+        ``on_event(kind, role, text)`` hears about duplicated and backward stamps."""
+        self._on_frame = on_frame
+        self._on_event = on_event or (lambda kind, role, text: None)
+        self.sync = StereoSynchronizer(self._matched, n_inputs=4, approximate=approximate, slop=slop,
+                                       queue_size=queue_size, use_message_filters=use_message_filters)
+        self._last: list = [None] * 4
+        self.duplicates = {r: 0 for r in ROLES}
+        self.resets = 0
 
-    def __init__(self, on_pair: Callable[[Any, Any], None], approximate: bool = False, slop: float = 0.01,
-                 queue_size: int = 5, use_message_filters: Optional[bool] = None):
-        """``on_pair(left, right)`` gets each synchronised image pair; ``approximate``/``slop`` (s)/
-        ``queue_size`` are the node's sync parameters; ``use_message_filters`` None: when importable."""
-        self.images = StereoSynchronizer(on_pair, n_inputs=2, approximate=approximate, slop=slop,
-                                         queue_size=queue_size, use_message_filters=use_message_filters)
-        self.calibration = CalibrationCache(keep=2 * queue_size + 2)
+    def _matched(self, left: Any, right: Any, left_info: Any, right_info: Any) -> None:
+        self._on_frame(StereoInput(left, right, left_info, right_info))
 
     def add(self, role: str, msg: Any) -> None:
-        if role == LEFT or role == RIGHT:
-            self.images.add(0 if role == LEFT else 1, msg)
-        elif role == LEFT_INFO or role == RIGHT_INFO:
-            self.calibration.add(0 if role == LEFT_INFO else 1, msg)
-        else:
-            raise ValueError(f"unknown input role {role!r}; one of {', '.join(ROLES)}")
+        try:
+            i = ROLES.index(role)
+        except ValueError:
+            raise ValueError(f"unknown input role {role!r}; one of {', '.join(ROLES)}") from None
+        t, last = stamp_ns(msg), self._last[i]
+        if last is not None and t == last:
+            self.duplicates[role] += 1
+            self._on_event("duplicate_stamp", role, f"{role} message with the same stamp as the previous one "
+                                                    f"({t} ns) dropped (published twice?)")
+            return
+        if last is not None and t < last:
+            self.resets += 1
+            self._on_event("stamp_backwards", role, f"{role} stamps went back by {(last - t) / 1e9:.3f} s (a bag that "
+                                                    "loops, or a restarted driver): synchroniser reset")
+            self.reset()
+        self._last[i] = t
+        self.sync.add(i, msg)
+
+    def reset(self) -> None:
+        """Start over: the queued messages are dropped (counted) and stamps may start anywhere."""
+        self.sync.reset()
+        self._last = [None] * 4
+
+    def received(self, role: str) -> int:
+        return self.sync.received[ROLES.index(role)] + self.duplicates[role]
+
+    def dropped(self, role: str) -> int:
+        """Messages of ``role`` that ended in no frame: never paired, or duplicated stamps."""
+        return self.sync.dropped(ROLES.index(role)) + self.duplicates[role]
+
+    def nearest_offset_ms(self, a: str, b: str) -> Optional[float]:
+        """Smallest recent stamp difference between two inputs (what the warnings cite)."""
+        return self.sync.nearest_offset_ms(ROLES.index(a), ROLES.index(b))

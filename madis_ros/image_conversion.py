@@ -16,7 +16,11 @@ Public API (stable; the node and the bag tools use it):
     encoding_info(encoding) -> (numpy dtype, channels)
     ImageConversionError (ValueError): every refusal, with the reason in the text;
     UnsupportedEncodingError (a subclass) for an encoding not in the list.
-    SUPPORTED_ENCODINGS
+    SUPPORTED_ENCODINGS: every encoding encoded/decoded here (outputs too: 32FC1)
+    INPUT_ENCODINGS: the camera encodings the node takes (8/16-bit; floats are refused)
+    compressed_to_estimator_input(msg) / numpy_to_compressed(array, encoding, fmt, header, kit)
+        sensor_msgs/CompressedImage (image_transport's ``compressed``: jpeg or png, 8 or 16 bit;
+        ``image_to_estimator_input`` takes either message type)
 
 Why duck typing: the readers only touch ``height, width, encoding, is_bigendian,
 step, data``, so the same code decodes rclpy messages and the objects that
@@ -75,6 +79,8 @@ _ENCODINGS = {
     "32FC1": (np.float32, 1),
 }
 SUPPORTED_ENCODINGS = tuple(_ENCODINGS)
+INPUT_ENCODINGS = tuple(e for e, (dtype, _) in _ENCODINGS.items() if np.dtype(dtype).kind == "u")
+COMPRESSED_FORMATS = ("jpeg", "png")
 
 
 class ImageConversionError(ValueError):
@@ -146,11 +152,15 @@ def image_to_numpy(msg: Any) -> np.ndarray:
 
 
 def image_to_estimator_input(msg: Any) -> np.ndarray:
-    """Decode to what the estimator takes: HxW mono or HxWx3 RGB, uint8/uint16."""
-    img = image_to_numpy(msg)
+    """Decode to what the estimator takes: HxW mono or HxWx3 RGB, uint8/uint16 (an Image, or a
+    CompressedImage, told apart by its ``format`` field)."""
+    if not hasattr(msg, "encoding") and hasattr(msg, "format"):
+        return compressed_to_estimator_input(msg)
     enc = msg.encoding
-    if img.dtype.kind == "f":
-        raise UnsupportedEncodingError(f"encoding {enc!r} is a float image; stereo input must be an 8/16-bit camera image")
+    if enc not in INPUT_ENCODINGS:
+        raise UnsupportedEncodingError(f"unsupported image encoding {enc!r} for a stereo input; supported: "
+                                       f"{', '.join(INPUT_ENCODINGS)} (8/16-bit camera images)")
+    img = image_to_numpy(msg)
     if img.ndim == 2:
         return img
     if img.shape[2] == 3 and not enc.startswith("bgr"):
@@ -211,3 +221,51 @@ def numpy_to_image(arr: np.ndarray, encoding: str, header: Any = None, frame_id:
         body = padded
     return kit.make("sensor_msgs/msg/Image", header=hdr, height=h, width=w, encoding=encoding,
                     is_bigendian=int(bool(is_bigendian)) if dtype.itemsize > 1 else 0, step=step, data=body)
+
+
+def compressed_to_estimator_input(msg: Any) -> np.ndarray:
+    """A sensor_msgs/CompressedImage (jpeg or png, 8 or 16 bit, mono or colour) as HxW or HxWx3 RGB."""
+    fmt = str(msg.format or "")
+    if "compressedDepth" in fmt:
+        raise UnsupportedEncodingError(f"compressed format {fmt!r} (compressedDepth) is a depth image; stereo input "
+                                       f"must be jpeg or png camera images")
+    buf = _data_as_uint8(msg.data)
+    if buf.size == 0:
+        raise ImageConversionError(f"compressed image ({fmt or 'no format'}) has no data")
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ImageConversionError(f"cannot decode the compressed image (format {fmt!r}, {buf.size} bytes): "
+                                   f"not a valid {' or '.join(COMPRESSED_FORMATS)} stream")
+    if img.dtype not in (np.uint8, np.uint16):
+        raise UnsupportedEncodingError(f"compressed image decodes to {img.dtype}; stereo input must be 8/16-bit")
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
+    if img.ndim == 2:
+        return img
+    return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB if img.shape[2] == 4 else cv2.COLOR_BGR2RGB)  # OpenCV decodes BGR
+
+
+def numpy_to_compressed(arr: np.ndarray, encoding: str, fmt: str = "jpeg", header: Any = None,
+                        kit: MessageKit = RCLPY, quality: int = 80):
+    """A CompressedImage as image_transport's ``compressed`` plugin writes it: ``arr`` in
+    ``encoding`` (mono8/mono16/rgb8/bgr8...), stored as ``fmt`` (jpeg: 8-bit only; png: 8 or 16
+    bit), format field ``"<encoding>; <fmt> compressed <stored encoding>"``; ``quality`` 80 is
+    image_transport's default jpeg_quality."""
+    if fmt not in COMPRESSED_FORMATS:
+        raise ValueError(f"fmt must be one of {COMPRESSED_FORMATS}, got {fmt!r}")
+    dtype, ch = encoding_info(encoding)
+    arr = np.ascontiguousarray(arr)
+    if fmt == "jpeg" and dtype != np.uint8:
+        raise ImageConversionError(f"jpeg stores 8-bit images; {encoding} needs png")
+    if ch == 1:
+        body, stored = arr, ("mono16" if dtype == np.uint16 else "mono8")
+    else:
+        rgb = arr[..., :3] if encoding.startswith("rgb") else cv2.cvtColor(arr[..., :3], cv2.COLOR_BGR2RGB)
+        body, stored = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR), ("bgr16" if dtype == np.uint16 else "bgr8")
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if fmt == "jpeg" else [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    ok, enc = cv2.imencode(".jpg" if fmt == "jpeg" else ".png", body, params)
+    if not ok:
+        raise ImageConversionError(f"OpenCV could not encode a {arr.shape} {arr.dtype} image as {fmt}")
+    hdr = kit.copy_header(header) if header is not None else kit.header(0, "")
+    return kit.make("sensor_msgs/msg/CompressedImage", header=hdr, format=f"{encoding}; {fmt} compressed {stored}",
+                    data=enc.reshape(-1))

@@ -25,9 +25,11 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from madis_core.estimator import DEFAULT_MODEL
 from madis_core.pipeline import PUBLISH_RESOLUTIONS, ProcessingSettings
+from madis_ros.calibration import RECTIFY_MODES
 
 
 QOS_CHOICES = ("sensor_data", "reliable", "system_default")
+TRANSPORTS = ("raw", "compressed")
 DEPTH_ENCODINGS = ("32FC1", "16UC1")
 
 
@@ -101,6 +103,17 @@ PARAMS: Tuple[ParamSpec, ...] = (
               choices=QOS_CHOICES),
     ParamSpec("output_qos", "reliable", "QoS of the publishers: reliable (depth 2), sensor_data or system_default.",
               choices=QOS_CHOICES),
+    # --- input images ----------------------------------------------------------------------------
+    ParamSpec("input_transport", "raw", "raw: sensor_msgs/Image on left/image_rect and right/image_rect; compressed: "
+              "sensor_msgs/CompressedImage (jpeg/png, 8 or 16 bit) on left/image_rect/compressed and "
+              "right/image_rect/compressed (image_transport's names).", choices=TRANSPORTS),
+    ParamSpec("rectify", "auto", "auto: rectify the images with their camera_info (K, D, R, P; plumb_bob, "
+              "rational_polynomial, equidistant) when D or R say they are raw; true: always; false: never "
+              "(the images are taken as rectified).", choices=RECTIFY_MODES),
+    ParamSpec("mono16_bits", 0, "Significant bits of 16-bit images (12 for a 12-bit sensor in mono16): they are "
+              "scaled to the full range before the model and the colours; 0 = measured (the highest bit seen "
+              "so far); 16 = as they are.", limits=(0, 16),
+              check=lambda v: None if v == 0 or v >= 8 else "must be 0 (measured) or 8..16"),
     # --- outputs ----------------------------------------------------------------------------------
     ParamSpec("publish_disparity", True, "Publish stereo_msgs/DisparityImage on 'disparity'."),
     ParamSpec("publish_depth", True, "Publish the depth image on 'depth'."),
@@ -150,6 +163,9 @@ class NodeSettings:
     queue_size: int
     input_qos: str
     output_qos: str
+    input_transport: str
+    rectify: str
+    mono16_bits: int
     publish_disparity: bool
     publish_depth: bool
     depth_encoding: str
@@ -180,7 +196,8 @@ class NodeSettings:
             confidence_threshold=self.confidence_threshold, max_disparity=self.max_disparity,
             min_depth=self.min_depth, max_depth=self.max_depth,
             compute_depth=self.publish_depth, compute_points=self.publish_points,
-            cloud_decimation=self.cloud_decimation, cloud_organized=self.cloud_organized, cloud_color=self.cloud_color)
+            cloud_decimation=self.cloud_decimation, cloud_organized=self.cloud_organized, cloud_color=self.cloud_color,
+            mono16_bits=self.mono16_bits)
 
 
 assert [f.name for f in fields(NodeSettings)] == [p.name for p in PARAMS], "NodeSettings and PARAMS out of step"

@@ -6,19 +6,23 @@ Run:  ros2 run madis_ros madis_stereo_node --ros-args --params-file config/madis
 in every process that exchanges images; see the README.)
 
 Topics (relative, so a namespace or remap moves them):
-  in   left/image_rect, right/image_rect (sensor_msgs/Image), left/camera_info, right/camera_info
+  in   left/image_rect, right/image_rect (sensor_msgs/Image; with input_transport:=compressed
+       left/image_rect/compressed, right/image_rect/compressed: CompressedImage),
+       left/camera_info, right/camera_info (all four synchronised; raw images rectified: rectify)
   out  disparity (stereo_msgs/DisparityImage), depth (Image 32FC1 m or 16UC1 mm), points2
        (PointCloud2), confidence (32FC1), disparity/color (rgb8), /diagnostics
 
 This module is the ROS adapter only: parameters (``params``), subscriptions, publishers,
 diagnostics and ``main``. What it runs is plain Python shared with the bag tools:
-- ``frame_sync.FrameSync``: images synchronised (exact or approximate), camera_info cached;
+- ``frame_sync.FrameSync``: both images and both camera_infos synchronised (exact or
+  approximate), so a frame is never processed with another frame's calibration;
 - ``worker.NewestPairWorker``: the executor thread only stores and synchronises messages; a
   complete pair goes into a one-slot mailbox and a worker thread processes the newest one
   (a pair superseded before it is processed is dropped and counted), so latency stays at
   about one inference time and no queue can grow;
-- ``stereo_frames.MessageFrameProcessor``: decode, calibration, the ``madis_core.pipeline``
-  frame pipeline, and every drop reason (``DROP_REASONS``) with its rate-limited warning;
+- ``stereo_frames.MessageFrameProcessor``: decode (raw or compressed), calibration and
+  rectification (built once per calibration), the ``madis_core.pipeline`` frame pipeline, and
+  every drop reason (``DROP_REASONS``) with its rate-limited warning;
 - ``messages``: the output messages; ``diagnostics``: /diagnostics; ``node_runtime``:
   estimator loading, QoS, memory tuning.
 Monitoring runs on a steady-clock timer, so it works with use_sim_time and no /clock. Header
@@ -29,26 +33,31 @@ from __future__ import annotations
 import os
 import sys
 
+from madis_ros import process_signals
+
+if __name__ == "__main__":  # a signal during the imports below must not end in a traceback
+    process_signals.install()
+
 # OpenMP threads that spin while waiting steal the CPU from the other nodes of a robot;
 # measured here, spinning made 2-thread CPU inference 3-10x slower under load. Must be
 # set before torch is imported (the estimator imports it).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-import threading
 import time
 from collections import Counter
 from typing import Any, Dict, Optional
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
+from rclpy._rclpy_pybind11 import RCLError
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.qos import ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from stereo_msgs.msg import DisparityImage
 
 from madis_core.pipeline import StereoFrameProcessor
 from madis_ros.diagnostics import stereo_status
-from madis_ros.frame_sync import LEFT, LEFT_INFO, RIGHT, RIGHT_INFO, FrameSync
+from madis_ros.frame_sync import LEFT, LEFT_INFO, RIGHT, RIGHT_INFO, ROLES, FrameSync, StereoInput
 from madis_ros.messages import (make_color_disparity_image, make_confidence_image, make_depth_image,
                                 make_disparity_image, make_pointcloud2)
 from madis_ros.msgkit import stamp_ns
@@ -59,10 +68,18 @@ from madis_ros.stereo_frames import DROP_REASONS, FrameDropped, MessageFrameProc
 from madis_ros.worker import FrameStats, NewestPairWorker, RateLimitedLogger
 
 NODE_NAME = "madis_stereo"
-IN_TOPICS = ("left/image_rect", "right/image_rect", "left/camera_info", "right/camera_info")
-ROLES = (LEFT, RIGHT, LEFT_INFO, RIGHT_INFO)  # in IN_TOPICS order
-#: how long the worker waits for a first camera_info that is still on its way (s)
-CAMERA_INFO_WAIT_S = 0.25
+#: what to try when images are published but never arrive (measured: README, "Large images over DDS")
+LARGE_IMAGE_HINT = ("if images are published but never arrive (large images, e.g. 4K), use in every process the "
+                    "same-host shared-memory profile (export FASTDDS_DEFAULT_PROFILES_FILE=$(python -m "
+                    "madis_ros.transport); measured: 90/90 4K rgb8 best-effort images delivered, 8/76 with "
+                    "LARGE_DATA), or reliable QoS end to end (input_qos:=reliable and a reliable publisher), or "
+                    "compressed images (input_transport:=compressed), or a smaller camera resolution")
+
+
+def input_topics(transport: str) -> tuple:
+    """The four input topics in ROLES order (image_transport's names for compressed images)."""
+    suffix = "/compressed" if transport == "compressed" else ""
+    return (f"left/image_rect{suffix}", f"right/image_rect{suffix}", "left/camera_info", "right/camera_info")
 
 
 class StereoNode(Node):
@@ -74,8 +91,9 @@ class StereoNode(Node):
         self._log = RateLimitedLogger(self.get_logger(), s.warn_throttle_sec)
         self.estimator = load_estimator(s, self.get_logger())
         self.get_logger().info(f"model {self.estimator!r}; sync "
-                               f"{'approximate (slop %g s)' % s.slop if s.approximate_sync else 'exact'}, "
-                               f"queue {s.queue_size}; input QoS {s.input_qos}, output QoS {s.output_qos}")
+                               f"{'approximate (slop %g s)' % s.slop if s.approximate_sync else 'exact'} of both "
+                               f"images and both camera_infos, queue {s.queue_size}; input {s.input_transport}, "
+                               f"rectify {s.rectify}; input QoS {s.input_qos}, output QoS {s.output_qos}")
         self._warn_missing_capabilities()
 
         # --- outputs ------------------------------------------------------------------------
@@ -88,21 +106,25 @@ class StereoNode(Node):
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
         # --- inputs (callbacks run only once the executor spins) ---------------------------------
-        self.sync = FrameSync(self._on_pair, approximate=s.approximate_sync, slop=s.slop, queue_size=s.queue_size)
+        self.sync = FrameSync(self._on_frame, approximate=s.approximate_sync, slop=s.slop, queue_size=s.queue_size,
+                              on_event=self._on_sync_event)
+        self.in_topics = input_topics(s.input_transport)
+        image_type = CompressedImage if s.input_transport == "compressed" else Image
         self.received: Counter = Counter()  # per input topic
         self._last_rx: Dict[str, float] = {}
         iq = qos_profile(s.input_qos)
         self._subs = [self.create_subscription(cls, topic, self._input_callback(i), iq)
-                      for i, (cls, topic) in enumerate(zip((Image, Image, CameraInfo, CameraInfo), IN_TOPICS))]
+                      for i, (cls, topic) in enumerate(zip((image_type, image_type, CameraInfo, CameraInfo),
+                                                           self.in_topics))]
 
         # --- processing: plain Python, shared with madis-bag eval -----------------------------------
         self.frames = MessageFrameProcessor(StereoFrameProcessor(self.estimator, s.processing_settings()),
                                             topics={r: sub.topic_name for r, sub in zip(ROLES, self._subs)},
-                                            calibration_hint=f" (QoS {describe_qos(s.input_qos)})")
+                                            rectify=s.rectify, frame_id=s.frame_id)
         self.frame_stats = FrameStats()
         self._t_start = time.monotonic()
         self._diag_prev = (self._t_start, 0, 0, Counter())
-        self._sync_prev = (0, 0, 0)
+        self._sync_prev = (0, 0)
         # per-frame timing lines (benchmarks/node_latency.py): --ros-args --log-level madis_stereo:=debug
         self._log_frames = self.get_logger().is_enabled_for(rclpy.logging.LoggingSeverity.DEBUG)
         self.worker = NewestPairWorker(self._process, DROP_REASONS, on_error=self._on_worker_error)
@@ -134,7 +156,7 @@ class StereoNode(Node):
 
     # --- executor-thread callbacks: cheap, never block on inference ------------------------------------
     def _input_callback(self, i: int):
-        topic, role = IN_TOPICS[i], ROLES[i]
+        topic, role = self.in_topics[i], ROLES[i]
 
         def callback(msg: Any) -> None:
             self.received[topic] += 1
@@ -142,26 +164,33 @@ class StereoNode(Node):
             self.sync.add(role, msg)
         return callback
 
-    def _on_pair(self, left: Image, right: Image) -> None:
-        self.worker.submit((left, right, time.monotonic()))
+    def _on_frame(self, frame: StereoInput) -> None:
+        self.worker.submit((frame, time.monotonic()))
+
+    def _on_sync_event(self, kind: str, role: str, text: str) -> None:
+        self._log.warn(f"{kind}_{role}", text)
+        if kind == "stamp_backwards":
+            self.frames.reset()
 
     # --- worker thread ---------------------------------------------------------------------------------
     def _on_worker_error(self, e: BaseException) -> None:
         self._log.warn("internal", f"unexpected error while processing a pair: {type(e).__name__}: {e}", "error")
 
     def _process(self, item) -> Optional[str]:
-        left, right, t_rx = item
-        left_info, right_info = self.sync.calibration.infos_for(left, right, wait_s=CAMERA_INFO_WAIT_S)
+        f, t_rx = item
+        left = f.left
         t_start = time.perf_counter()  # per-frame overhead: from here to the built messages, minus the forward
         want_points = self.pub_points is not None and self.pub_points.get_subscription_count() > 0
         try:
-            res = self.frames.process(left, right, left_info, right_info, compute_points=want_points)
+            done = self.frames.process(left, f.right, f.left_info, f.right_info, compute_points=want_points)
         except FrameDropped as d:
             self._log.warn(d.reason, f"dropping stereo pair ({d.reason}): {d.text}", d.level)
             return d.reason
-        s = self.settings
+        for key, text in done.notes:
+            self._log.warn(key, text, "info" if key == "rectify" else "warning")
+        res, s = done.result, self.settings
         header = left.header
-        frame = s.frame_id or left.header.frame_id or left_info.header.frame_id
+        frame = s.frame_id or left.header.frame_id or f.left_info.header.frame_id
         if frame != header.frame_id:
             header = type(header)(stamp=header.stamp, frame_id=frame)
         # every message is built before any is published: building is the node's own overhead,
@@ -190,7 +219,7 @@ class StereoNode(Node):
         publish = (t_published - t_built) * 1e3
         self.frame_stats.add(t_done, inference, (t_done - t_rx) * 1e3, age, overhead, publish)
         if self._log_frames:
-            self.get_logger().debug(f"frame stamp_ns={stamp_ns(left)} right_stamp_ns={stamp_ns(right)} "
+            self.get_logger().debug(f"frame stamp_ns={stamp_ns(left)} right_stamp_ns={stamp_ns(f.right)} "
                                     f"inference_ms={inference:.3f} "
                                     f"overhead_ms={overhead:.3f} publish_ms={publish:.3f} "
                                     f"latency_ms={(t_done - t_rx) * 1e3:.3f}")
@@ -210,36 +239,55 @@ class StereoNode(Node):
     def _monitor_inputs(self) -> None:
         s = self.settings
         now = time.monotonic()
-        silent = [i for i, t in enumerate(IN_TOPICS)
+        silent = [i for i, t in enumerate(self.in_topics)
                   if now - self._last_rx.get(t, self._t_start) > s.no_input_warn_sec]
         if silent:
-            parts = []
+            parts, published = [], False
             for i in silent:
                 name = self._topic(i)
                 pubs = self.get_publishers_info_by_topic(name)
                 if not pubs:
                     parts.append(f"{name} (no publisher)")
                     continue
+                published = True
                 be = [p for p in pubs if p.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT]
                 hint = ""
                 if be and s.input_qos != "sensor_data":
                     hint = ", best-effort publisher cannot reach this reliable subscription: use input_qos:=sensor_data"
-                last = self._last_rx.get(IN_TOPICS[i])
+                last = self._last_rx.get(self.in_topics[i])
                 seen = "nothing received yet" if last is None else f"last message {now - last:.0f} s ago"
                 parts.append(f"{name} ({len(pubs)} publisher(s), {seen}{hint})")
             self._log.warn("no_input", f"no input for {s.no_input_warn_sec:g} s on {'; '.join(parts)}; subscribed with "
-                           f"QoS {describe_qos(s.input_qos)}. Check `ros2 topic info -v <topic>`; large images between "
-                           "processes need FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA")
-        # exact sync that never matches: the classic silent failure with unsynchronised cameras
-        images = self.sync.images
-        rx = (self.received[IN_TOPICS[0]], self.received[IN_TOPICS[1]], images.matched)
+                           f"QoS {describe_qos(s.input_qos)}. Check `ros2 topic info -v <topic>`"
+                           + (f"; {LARGE_IMAGE_HINT}" if published else ""))
+        self._monitor_sync()
+
+    def _monitor_sync(self) -> None:
+        """Inputs that arrive but never make a frame: the classic silent failures, named."""
+        s, sync = self.settings, self.sync
+        rx = (sync.received(LEFT) + sync.received(RIGHT), sync.sync.matched)
         prev, self._sync_prev = self._sync_prev, rx
-        if not s.approximate_sync and rx[0] > prev[0] and rx[1] > prev[1] and rx[2] == prev[2]:
-            off = images.recent_offset_ms()
-            if off is not None and off > 0:
-                self._log.warn("exact_sync", f"exact time sync (approximate_sync=false) is dropping pairs: left and "
-                               f"right stamps never match (nearest stamps {off:.1f} ms apart). If the cameras are not "
-                               f"hardware-synchronised set approximate_sync:=true with slop >= {max(2 * off, 1.0) / 1e3:.3f}")
+        if rx[0] <= prev[0] or rx[1] > prev[1]:
+            return  # no new images, or frames are being made
+        problems = []
+        for side, image, info in (("left", LEFT, LEFT_INFO), ("right", RIGHT, RIGHT_INFO)):
+            if sync.received(image) and not sync.received(info):
+                problems.append(f"images arrive on {self._topic(ROLES.index(image))} but no camera_info on "
+                                f"{self._topic(ROLES.index(info))} (each image needs its camera_info with the same "
+                                "stamp, as with stereo_image_proc)")
+        limit_ms = s.slop * 1e3 if s.approximate_sync else 0.0
+        for a, b, what in ((LEFT, RIGHT, "left and right stamps"), (LEFT, LEFT_INFO, "left image and camera_info stamps"),
+                           (RIGHT, RIGHT_INFO, "right image and camera_info stamps")):
+            off = sync.nearest_offset_ms(a, b)
+            if off is not None and off > limit_ms:
+                problems.append(f"{what} never match (nearest stamps {off:.1f} ms apart)")
+        if problems:
+            mode = f"approximate time sync (slop {s.slop:g} s)" if s.approximate_sync else \
+                "exact time sync (approximate_sync=false)"
+            offs = [sync.nearest_offset_ms(a, b) or 0.0 for a, b in ((LEFT, RIGHT), (LEFT, LEFT_INFO), (RIGHT, RIGHT_INFO))]
+            self._log.warn("sync", f"{mode} is dropping every frame: {'; '.join(problems)}. If the cameras are not "
+                           f"hardware-synchronised set approximate_sync:=true with slop >= "
+                           f"{max(2 * max(offs), 1.0) / 1e3:.3f}")
 
     def stats(self) -> Dict[str, Any]:
         """Counters and latency figures (also what /diagnostics carries)."""
@@ -250,11 +298,12 @@ class StereoNode(Node):
         out = {"pairs_received": c["submitted"], "pairs_processed": c["processed"], "pairs_pending": c["pending"],
                "pairs_in_progress": c["in_progress"], "drops": c["drops"],
                "input_rate_hz": (c["submitted"] - pairs0) / dt, "output_rate_hz": (c["processed"] - proc0) / dt,
-               "topic_rate_hz": {t: (self.received[t] - rx0[t]) / dt for t in IN_TOPICS},
+               "topic_rate_hz": {t: (self.received[t] - rx0[t]) / dt for t in self.in_topics},
                **self.frame_stats.summary(since=now - max(dt, 1.0))}
         self._diag_prev = (now, c["submitted"], c["processed"], Counter(self.received))
-        out["sync_dropped"] = {"left": self.sync.images.dropped(0), "right": self.sync.images.dropped(1)}
-        out["received"] = {t: self.received[t] for t in IN_TOPICS}
+        out["sync_dropped"] = {r: self.sync.dropped(r) for r in ROLES}
+        out["stamp_resets"] = self.sync.resets
+        out["received"] = {t: self.received[t] for t in self.in_topics}
         out["rss_mb"] = rss_mb()
         return out
 
@@ -267,12 +316,11 @@ class StereoNode(Node):
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()
         arr.status = [stereo_status(st, self.settings, self.estimator, self.get_fully_qualified_name(),
-                                    self.sync.images.backend, silent)]
+                                    self.sync.sync.backend, silent)]
         self.pub_diag.publish(arr)
 
     def shutdown(self) -> None:
-        """Stop the worker after the pair in flight (its outputs are published) and wake any wait."""
-        self.sync.calibration.close()
+        """Stop the worker after the pair in flight (its outputs are published)."""
         self.worker.stop(timeout=10.0)
 
 
@@ -285,14 +333,21 @@ def main(args=None) -> int:
 
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    rclpy.init(args=args, signal_handler_options=rclpy.SignalHandlerOptions.NO)
+    stop = process_signals.STOP  # already set if a signal came during the imports
+    previous = process_signals.install()
+    try:
+        rclpy.init(args=args, signal_handler_options=rclpy.SignalHandlerOptions.NO)
+    except RCLError as e:  # e.g. a -p value rcl's YAML parser refuses
+        print(f"[FATAL] [{NODE_NAME}]: cannot start: {e}. A JSON value must be quoted twice, e.g. "
+              f"-p \"model_options:='{{\\\"block_size\\\": 7}}'\"", file=sys.stderr)
+        return 2
     if tune_malloc():
         rclpy.logging.get_logger(NODE_NAME).debug("glibc malloc tuned to reuse per-frame buffers (see tune_malloc)")
     node = None
     code = 0
     try:
+        if stop.is_set():
+            raise KeyboardInterrupt  # stopped during start-up: do not load the model
         node = StereoNode()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
@@ -316,4 +371,4 @@ def main(args=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    process_signals.end_process(main())

@@ -29,11 +29,16 @@ def publish_main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--right-offset-ms", type=float, default=0.0, help="right stamps later than left by this")
     p.add_argument("--namespace", default="")
     p.add_argument("--wait-subscribers", type=float, default=20.0)
+    p.add_argument("--image-transport", default="raw", choices=["raw", "compressed"],
+                   help="compressed: CompressedImage on .../image_rect/compressed (encoded once, sent every frame)")
+    p.add_argument("--format", default="jpeg", choices=["jpeg", "png"])
     a = p.parse_args(argv)
 
     import rclpy
     from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import CameraInfo, Image
+    from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+
+    from madis_ros.image_conversion import numpy_to_compressed
 
     rclpy.init()
     node = rclpy.create_node("madis_test_publisher")
@@ -41,12 +46,17 @@ def publish_main(argv: Optional[List[str]] = None) -> int:
     qos = QoSProfile(depth=5, reliability=rel)
     ns = a.namespace.rstrip("/")
     topic = (lambda t: f"{ns}/{t}" if ns else t)
-    pubs = [node.create_publisher(Image, topic("left/image_rect"), qos),
-            node.create_publisher(Image, topic("right/image_rect"), qos),
+    image_type, suffix = (CompressedImage, "/compressed") if a.image_transport == "compressed" else (Image, "")
+    pubs = [node.create_publisher(image_type, topic(f"left/image_rect{suffix}"), qos),
+            node.create_publisher(image_type, topic(f"right/image_rect{suffix}"), qos),
             node.create_publisher(CameraInfo, topic("left/camera_info"), qos),
             node.create_publisher(CameraInfo, topic("right/camera_info"), qos)]
     scene = make_scene(a.width, a.height, a.kind, a.disparity)
-    msgs = image_pair_messages(scene, a.encoding)
+    msgs = list(image_pair_messages(scene, a.encoding))
+    if a.image_transport == "compressed":
+        for i, img in enumerate((scene.left, scene.right)):
+            msgs[i] = numpy_to_compressed(img, "rgb8", a.format, msgs[i].header)
+    sizes = [len(m.data) for m in msgs[:2]]
     end = time.monotonic() + a.wait_subscribers
     while min(p.get_subscription_count() for p in pubs) == 0 and time.monotonic() < end:
         time.sleep(0.05)
@@ -72,7 +82,7 @@ def publish_main(argv: Optional[List[str]] = None) -> int:
         else:
             late += 1
             t_next = time.monotonic()
-    print("PUBLISHED " + json.dumps({"sent": sent, "late": late, "rate": a.rate,
+    print("PUBLISHED " + json.dumps({"sent": sent, "late": late, "rate": a.rate, "image_bytes": sizes,
                                      "achieved_hz": sent / max(a.duration, 1e-9)}), flush=True)
     time.sleep(0.5)
     node.destroy_node()

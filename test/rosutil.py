@@ -43,6 +43,7 @@ holds (a lock file per id, held until this process exits), so suites running sid
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import re
 import signal
@@ -233,6 +234,21 @@ class NodeProcess(ChildProcess):
         return rc
 
 
+@contextlib.contextmanager
+def started_nodes(configs: Dict[str, "NodeProcess"], timeout: float = 90.0):
+    """Start the node processes together (their start-ups overlap), wait until each is up, yield
+    them, stop them all whatever happens."""
+    for p in configs.values():
+        p.start()
+    try:
+        for k, p in configs.items():
+            assert p.wait_for_log(r"input QoS", timeout), f"node {k} did not start:\n{p.log_text()}"
+        yield configs
+    finally:
+        for p in configs.values():
+            p.stop()
+
+
 def start_publisher(domain_id: int, transport: str = "shm", **options: Any) -> ChildProcess:
     """A separate publisher process (``test/publisher.py``; see it for the options)."""
     argv = [sys.executable, str(Path(__file__).resolve().parent / "publisher.py")]
@@ -366,14 +382,17 @@ def outputs_with_stamp(col: "Collector", stamp: Any) -> List[Any]:
 class StereoInputs:
     """Publishers for the node's four input topics inside a RosContext (tests craft any message)."""
 
-    def __init__(self, rc: "RosContext", qos: Any = None, namespace: str = ""):
-        from sensor_msgs.msg import CameraInfo, Image
+    def __init__(self, rc: "RosContext", qos: Any = None, namespace: str = "", compressed: bool = False):
+        """``compressed``: the images go as sensor_msgs/CompressedImage on ``.../image_rect/compressed``."""
+        from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
         qos = qos or RELIABLE
         ns = namespace.rstrip("/")
         t = (lambda name: f"{ns}/{name}" if ns else name)
         self.rc = rc
-        self.img = [rc.publisher(Image, t("left/image_rect"), qos), rc.publisher(Image, t("right/image_rect"), qos)]
+        cls, suffix = (CompressedImage, "/compressed") if compressed else (Image, "")
+        self.img = [rc.publisher(cls, t(f"left/image_rect{suffix}"), qos),
+                    rc.publisher(cls, t(f"right/image_rect{suffix}"), qos)]
         self.info = [rc.publisher(CameraInfo, t("left/camera_info"), qos),
                      rc.publisher(CameraInfo, t("right/camera_info"), qos)]
         self.t = time.time()

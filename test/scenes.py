@@ -23,7 +23,9 @@ class Scene:
 def make_scene(width: int = 320, height: int = 240, kind: str = "plane", disparity: float = 24.0,
                seed: int = 0, fx: float = 300.0, baseline: float = 0.1) -> Scene:
     """A textured pair SGBM matches well: ``plane`` (fronto-parallel, constant integer
-    disparity) or ``slanted`` (disparity grows linearly with the row, like a floor).
+    disparity) or ``slanted`` (disparity grows linearly with the row, like a floor), or
+    ``photo``: a plane textured with a real photograph (scikit-image's Motorcycle, tiled at its
+    own scale), which compresses like camera images do (the noise texture does not).
     The right image is the left texture shifted by the disparity, so the truth is exact."""
     import cv2
 
@@ -31,10 +33,17 @@ def make_scene(width: int = 320, height: int = 240, kind: str = "plane", dispari
 
     rng = np.random.default_rng(seed)
     pad = int(disparity * 2 + 8)
-    tex = rng.integers(0, 256, size=(height, width + pad, 3)).astype(np.float32)
-    tex = cv2.GaussianBlur(tex, (0, 0), 1.0)
-    tex = np.clip((tex - tex.mean()) * 2.5 + 128, 0, 255).astype(np.float32)
-    if kind == "plane":
+    if kind == "photo":
+        from skimage import data
+
+        photo = data.stereo_motorcycle()[0]
+        reps = (-(-height // photo.shape[0]), -(-(width + pad) // photo.shape[1]), 1)
+        tex = np.tile(photo, reps)[:height, :width + pad].astype(np.float32)
+    else:
+        tex = rng.integers(0, 256, size=(height, width + pad, 3)).astype(np.float32)
+        tex = cv2.GaussianBlur(tex, (0, 0), 1.0)
+        tex = np.clip((tex - tex.mean()) * 2.5 + 128, 0, 255).astype(np.float32)
+    if kind in ("plane", "photo"):
         disp = np.full((height, width), float(disparity), np.float32)
     elif kind == "slanted":
         disp = (0.6 * disparity + 0.8 * disparity * np.arange(height, dtype=np.float32)[:, None] / height

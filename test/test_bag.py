@@ -121,19 +121,24 @@ def test_topic_detection_and_pairing(tmp_path):
     cam = StereoCamera(40, 30, 50.0, 50.0, 19.5, 14.5, 0.1)
     img = lambda: rng.integers(0, 256, (30, 40), dtype=np.uint8)  # noqa: E731
     path = tmp_path / "bag"
+
+    def side(w, name, s, with_info=True):
+        if with_info:
+            w.write(f"/s/{name}/camera_info", infos(cam, s, "l", "r")[0 if name == "left" else 1], s)
+        w.write(f"/s/{name}/image_rect", image(img(), s, name[0]), s)
+
     with bagfiles.BagWriter(path, storage="mcap") as w:
-        li, ri = infos(cam, T0, "l", "r")
-        w.write("/s/left/camera_info", li, T0)  # only once: later frames use the latest
-        w.write("/s/right/camera_info", ri, T0)
         w.write("/s/disparity", make_disparity_image(np.ones((30, 40), np.float32), cam, hdr(T0, "l"), 0.0, 192.0, 1 / 16, kit=ROSBAGS), T0)
         for i in range(4):
             s = T0 + i * 100_000_000
             if i != 2:  # frame 2 has no right image
-                w.write("/s/right/image_rect", image(img(), s, "r"), s)  # right before left
-            w.write("/s/left/image_rect", image(img(), s, "l"), s)
+                side(w, "right", s)  # right before left
+            side(w, "left", s)
         s = T0 + 4 * 100_000_000  # frame 4: right 3 ms late (approximate sync)
-        w.write("/s/left/image_rect", image(img(), s, "l"), s)
-        w.write("/s/right/image_rect", image(img(), s + 3_000_000, "r"), s + 3_000_000)
+        side(w, "left", s)
+        side(w, "right", s + 3_000_000)
+        side(w, "left", T0 + 5 * 100_000_000, with_info=False)  # frame 5: no camera_info at all
+        side(w, "right", T0 + 5 * 100_000_000, with_info=False)
         w.write("/s/left/image_raw", image(img(), s, "l"), s)
     with bagfiles.BagReader(path) as bag:
         st = detect_stereo_topics(bag.topics)
@@ -143,11 +148,14 @@ def test_topic_detection_and_pairing(tmp_path):
         frames, stats = iter_stereo_frames(bag, st)
         got = [f.stamp_ns for f in frames]
         assert got == [T0, T0 + 100_000_000, T0 + 300_000_000]
-        assert (stats.left_in, stats.right_in, stats.pairs, stats.dropped_left, stats.dropped_right) == (5, 4, 3, 2, 1)
+        assert (stats.left_in, stats.right_in, stats.pairs, stats.dropped_left, stats.dropped_right) == (6, 5, 3, 3, 2)
         frames, stats = iter_stereo_frames(bag, st, approximate=True, slop=0.005)
         frames = list(frames)
         assert [f.stamp_ns for f in frames] == [T0 + i * 100_000_000 for i in (0, 1, 3, 4)]
-        assert stats.dropped_left == 1 and frames[-1].left_info is not None
+        assert stats.dropped_left == 2 and stats.dropped_left_info == 1  # frames 2 and 5; frame 2's camera_info
+        # every frame carries the camera_info of its own stamps (never the latest of another frame)
+        assert all(stamp_ns(f.left_info) == stamp_ns(f.left) and stamp_ns(f.right_info) == stamp_ns(f.right)
+                   for f in frames)
         with pytest.raises(BagError, match="--gt-topic"):
             detect_stereo_topics(bag.topics, gt="/s/nope")
         assert detect_stereo_topics(bag.topics, gt="/s/disparity").gt_type == bagfiles.DISPARITY

@@ -36,14 +36,15 @@ LAYERS: Tuple[Tuple[str, int], ...] = (
     ("madis_core.cli", 11), ("madis_core.models.cli", 11), ("madis_core", 11),
     # madis_ros: above all of madis_core
     ("madis_ros.transport", 20), ("madis_ros.msgkit", 20), ("madis_ros.shutdown", 20),
+    ("madis_ros.process_signals", 20),
     ("madis_ros.image_conversion", 21), ("madis_ros.camera_info", 21), ("madis_ros.sync", 21),
-    ("madis_ros.worker", 21), ("madis_ros.image_codec", 21),
+    ("madis_ros.worker", 21),
     ("madis_ros.messages", 22), ("madis_ros.frame_sync", 22), ("madis_ros.calibration", 22),
     ("madis_ros.stereo_frames", 23), ("madis_ros.params", 23), ("madis_ros.node_runtime", 23),
     ("madis_ros.diagnostics", 23),
     ("madis_ros.bag.files", 24), ("madis_ros.bag.topics", 24), ("madis_ros.bag.frames", 24),
     ("madis_ros.bag", 25), ("madis_ros.stereo_node", 25),
-    ("madis_ros.bag_tool", 26), ("madis_ros.demo_processes", 26),
+    ("madis_ros.bag_tool", 26), ("madis_ros.demo_processes", 26), ("madis_ros.node_entry", 26),
     ("madis_ros.demo", 27), ("madis_ros", 27),
 )
 #: what madis_core must never import (ROS client libraries, message packages, ROS-only tools)

@@ -1,5 +1,5 @@
 """The node's runtime policy as plain Python: newest-pair mailbox and worker, frame statistics,
-rate-limited warnings, and the shared synchroniser + calibration cache (no ROS, no DDS)."""
+rate-limited warnings, and the four-input synchroniser shared with madis-bag eval (no ROS, no DDS)."""
 from __future__ import annotations
 
 import threading
@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from madis_ros.frame_sync import LEFT, LEFT_INFO, RIGHT, RIGHT_INFO, CalibrationCache, FrameSync
+from madis_ros.frame_sync import LEFT, LEFT_INFO, RIGHT, RIGHT_INFO, FrameSync
 from madis_ros.worker import FrameStats, NewestPairWorker, RateLimitedLogger
 
 REASONS = ("superseded", "bad", "inference_error")
@@ -120,34 +120,59 @@ def test_rate_limited_logger_counts_what_it_suppressed():
     assert lines == [("w", "first"), ("e", "other key"), ("w", "later (2 more like this in the last 0.2 s)")]
 
 
-def test_calibration_cache_same_stamp_else_latest_and_waits_for_a_first_one():
-    cache = CalibrationCache(keep=2)
-    left, right = msg(100), msg(100)
-    assert cache.infos_for(left, right) == (None, None)
-    threading.Timer(0.1, lambda: (cache.add(0, msg(100, "L100")), cache.add(1, msg(90, "R90")))).start()
-    li, ri = cache.infos_for(left, right, wait_s=5)
-    assert (li.tag, ri.tag) == ("L100", "R90")  # same stamp on the left, the latest on the right
-    for s in (200, 300, 400):
-        cache.add(0, msg(s, f"L{s}"))
-    assert cache.infos_for(msg(100), msg(100))[0].tag == "L400"  # 100 evicted (keep=2): the latest
-    assert cache.infos_for(msg(300), msg(300))[0].tag == "L300"
-    cache.close()
-    t0 = time.monotonic()
-    CalibrationCache().infos_for(left, right, wait_s=0)
-    assert time.monotonic() - t0 < 0.5
-
-
-def test_frame_sync_pairs_images_and_keeps_calibration_apart():
-    pairs = []
-    fs = FrameSync(lambda l, r: pairs.append((l.tag, r.tag)), approximate=True, slop=0.01, queue_size=5,
-                   use_message_filters=False)
-    fs.add(LEFT_INFO, msg(1_000_000_000, "li"))
-    fs.add(RIGHT_INFO, msg(1_000_000_000, "ri"))
+def test_frame_sync_needs_all_four_inputs_and_keeps_their_order():
+    frames = []
+    fs = FrameSync(lambda f: frames.append((f.left.tag, f.right.tag, f.left_info.tag, f.right_info.tag)),
+                   approximate=True, slop=0.01, queue_size=5, use_message_filters=False)
     fs.add(LEFT, msg(1_000_000_000, "l1"))
     fs.add(RIGHT, msg(1_004_000_000, "r1"))  # 4 ms later: within slop
+    assert frames == []                      # no calibration yet: no frame
+    fs.add(LEFT_INFO, msg(1_000_000_000, "li1"))
+    fs.add(RIGHT_INFO, msg(1_004_000_000, "ri1"))
+    assert frames == [("l1", "r1", "li1", "ri1")]
     fs.add(LEFT, msg(2_000_000_000, "l2"))
-    fs.add(RIGHT, msg(2_050_000_000, "r2"))  # 50 ms: not a pair
-    assert pairs == [("l1", "r1")]
-    assert fs.images.dropped(0) == 0 and fs.images.queued(0) == 1
+    fs.add(LEFT_INFO, msg(2_000_000_000, "li2"))
+    fs.add(RIGHT_INFO, msg(2_001_000_000, "ri2"))
+    fs.add(RIGHT, msg(2_050_000_000, "r2"))  # 50 ms after the left: not a frame
+    assert len(frames) == 1
+    assert fs.nearest_offset_ms(LEFT, RIGHT) == pytest.approx(4.0)  # the nearest recent pair of stamps
     with pytest.raises(ValueError, match="unknown input role"):
         fs.add("middle", msg(1))
+
+
+def test_frame_sync_exact_never_uses_another_frames_calibration():
+    """Issue 15: a frame whose camera_info arrives after its images gets that camera_info, not
+    the previous frame's (the old cache took the latest and gave t = 0.154 for 0.308)."""
+    frames = []
+    fs = FrameSync(lambda f: frames.append((f.left.tag, f.left_info.tag)), queue_size=5, use_message_filters=False)
+    for k, tag in ((1, "old"), (2, "new")):
+        t = k * 1_000_000_000
+        fs.add(LEFT, msg(t, f"l{k}"))
+        fs.add(RIGHT, msg(t, f"r{k}"))
+        if k == 1:
+            fs.add(LEFT_INFO, msg(t, tag))
+            fs.add(RIGHT_INFO, msg(t, tag))
+    assert frames == [("l1", "old")]       # frame 2 waits for its own calibration
+    fs.add(LEFT_INFO, msg(2_000_000_000, "new"))
+    fs.add(RIGHT_INFO, msg(2_000_000_000, "new"))
+    assert frames == [("l1", "old"), ("l2", "new")]
+
+
+def test_frame_sync_drops_duplicates_and_starts_over_when_stamps_go_back():
+    events, frames = [], []
+    fs = FrameSync(lambda f: frames.append(f.left.tag), queue_size=5, use_message_filters=False,
+                   on_event=lambda kind, role, text: events.append((kind, role)))
+
+    def frame(t, tag):
+        for role in (LEFT, RIGHT, LEFT_INFO, RIGHT_INFO):
+            fs.add(role, msg(t, tag))
+    frame(10, "a")
+    fs.add(LEFT, msg(10, "dup"))                 # the same stamp again on one input
+    fs.add(LEFT, msg(20, "b"))                   # queued, never completed
+    frame(5, "loop")                             # earlier stamps: the bag started over
+    assert frames == ["a", "loop"]
+    assert ("duplicate_stamp", LEFT) in events and events.count(("stamp_backwards", LEFT)) == 1
+    assert fs.resets == 1 and fs.duplicates[LEFT] == 1
+    assert fs.dropped(LEFT) == 2 and fs.received(LEFT) == 4  # the duplicate and the orphan "b"
+
+

@@ -140,7 +140,6 @@ def evaluate_bag(bag_path: str, estimator: Any, settings: NodeSettings, topics: 
     per_frame: List[Dict[str, Any]] = []
     frame_metrics: List[Dict[str, float]] = []
     drops: Counter = Counter()
-    warned = 0
     with BagReader(bag_path) as bag:
         st = detect_stereo_topics(bag.topics, tc.left, tc.right, tc.left_info, tc.right_info, tc.gt)
         if verbose:
@@ -148,23 +147,31 @@ def evaluate_bag(bag_path: str, estimator: Any, settings: NodeSettings, topics: 
                   f"camera_info={st.left_info},{st.right_info} ground truth={st.gt or 'none'}", flush=True)
         frames_proc = MessageFrameProcessor(StereoFrameProcessor(estimator, settings.processing_settings()),
                                             {LEFT: st.left, RIGHT: st.right, LEFT_INFO: st.left_info,
-                                             RIGHT_INFO: st.right_info})
+                                             RIGHT_INFO: st.right_info}, settings.rectify, settings.frame_id)
         out = _Output(output, bag, st.left, settings.depth_encoding) if output else None
+        warnings = _Warnings()
+
+        def on_event(kind: str, role: str, text: str) -> None:
+            warnings.say(kind, text)
+            if kind == "stamp_backwards":
+                frames_proc.reset()
+
         frames, stats = iter_stereo_frames(bag, st, approximate=settings.approximate_sync, slop=settings.slop,
-                                           queue_size=settings.queue_size, on_message=out.copy if out else None)
+                                           queue_size=settings.queue_size, on_message=out.copy if out else None,
+                                           on_event=on_event)
         try:
             for frame in frames:
                 if max_frames and len(per_frame) >= max_frames:
                     break
                 try:
-                    res = frames_proc.process(frame.left, frame.right, frame.left_info, frame.right_info)
+                    done = frames_proc.process(frame.left, frame.right, frame.left_info, frame.right_info)
                 except FrameDropped as d:  # bad message, calibration or a model error: counted, go on
                     drops[d.reason] += 1
-                    if warned < 5:
-                        print(f"madis-bag: warning: frame at stamp {frame.stamp_ns} dropped ({d.reason}): {d.text}",
-                              file=sys.stderr, flush=True)
-                        warned += 1
+                    warnings.say(d.reason, f"frame at stamp {frame.stamp_ns} dropped ({d.reason}): {d.text}")
                     continue
+                for key, text in done.notes:
+                    warnings.say(key, text)
+                res = done.result
                 rec: Dict[str, Any] = {"stamp_ns": frame.stamp_ns, "left_stamp_ns": frame.stamp_ns,
                                        "right_stamp_ns": stamp_ns(frame.right),
                                        "latency_ms": round(res.timings_ms["total"], 3),
@@ -192,7 +199,10 @@ def evaluate_bag(bag_path: str, estimator: Any, settings: NodeSettings, topics: 
                    "gt": st.gt},
         "frames": {"left_in": stats.left_in, "right_in": stats.right_in, "pairs": stats.pairs,
                    "processed": len(per_frame), "dropped_unpaired_left": stats.dropped_left,
-                   "dropped_unpaired_right": stats.dropped_right, "dropped": dict(drops)},
+                   "dropped_unpaired_right": stats.dropped_right,
+                   "dropped_unpaired_left_info": stats.dropped_left_info,
+                   "dropped_unpaired_right_info": stats.dropped_right_info, "resets": stats.resets,
+                   "dropped": dict(drops)},
         "latency_ms": latency_summary([r["latency_ms"] for r in per_frame]),
         "inference_ms": latency_summary([r["inference_ms"] for r in per_frame]),
         "metrics": aggregate_metrics(frame_metrics) if frame_metrics else None,
@@ -209,7 +219,9 @@ def print_eval_summary(s: Dict[str, Any]) -> None:
     dropped = ", ".join(f"{k} {v}" for k, v in sorted(f["dropped"].items())) or "none"
     print(f"model: {s['model']} (device {s['device']})")
     print(f"frames in: left {f['left_in']}, right {f['right_in']}; pairs {f['pairs']}; out (processed) "
-          f"{f['processed']}; unpaired: left {f['dropped_unpaired_left']}, right {f['dropped_unpaired_right']}; "
+          f"{f['processed']}; not synchronised: left {f['dropped_unpaired_left']}, right "
+          f"{f['dropped_unpaired_right']}, left camera_info {f['dropped_unpaired_left_info']}, right camera_info "
+          f"{f['dropped_unpaired_right_info']}; stamp resets {f['resets']}; "
           f"dropped: {dropped}")
     print(f"latency per frame, ms (pre/post-processing + model): {_format_latency(s['latency_ms'])}")
     print(f"model inference, ms:                                 {_format_latency(s['inference_ms'])}")
@@ -268,6 +280,19 @@ def run(args: argparse.Namespace) -> int:
         print("madis-bag: error: no stereo pair could be processed (see the counts above)", file=sys.stderr)
         return 1
     return 0
+
+
+class _Warnings:
+    """madis-bag warnings (and the rectification note) on stderr: each kind at most three times."""
+
+    def __init__(self, most: int = 3):
+        self.most, self.said = most, Counter()
+
+    def say(self, key: str, text: str) -> None:
+        self.said[key] += 1
+        if self.said[key] <= self.most:
+            kind = "" if key == "rectify" else "warning: "  # rectifying raw input is news, not a problem
+            print(f"madis-bag: {kind}{text}", file=sys.stderr, flush=True)
 
 
 class _StderrLogger:

@@ -14,7 +14,7 @@ import numpy as np
 
 from madis_core.camera import StereoCamera
 from madis_core.io import millimetres_to_depth
-from madis_ros.bag.files import CAMERA_INFO, DISPARITY, IMAGE, BagError, TopicInfo
+from madis_ros.bag.files import CAMERA_INFO, COMPRESSED_IMAGE, DISPARITY, IMAGE, BagError, TopicInfo
 from madis_ros.image_conversion import image_to_numpy
 from madis_ros.messages import disparity_from_msg
 
@@ -68,25 +68,31 @@ def _pick(cands: List[str], what: str, flag: str, all_of_type: List[str]) -> str
 def detect_stereo_topics(topics: Dict[str, TopicInfo], left: Optional[str] = None, right: Optional[str] = None,
                          left_info: Optional[str] = None, right_info: Optional[str] = None,
                          gt: Optional[str] = None) -> StereoTopics:
-    """Choose the stereo topics by message type; left/right by name ('left'/'right' in a
-    path segment, preferring 'rect'); camera_info next to its image; ground truth only
-    when named (gt / ground_truth) or given, so a prediction is never taken for it."""
+    """Choose the stereo topics by message type (Image, else CompressedImage); left/right by name
+    ('left'/'right' in a path segment, preferring 'rect'); camera_info next to its image (also
+    for ``.../image/compressed``); ground truth only when named (gt / ground_truth) or given, so
+    a prediction is never taken for it."""
     for given, flag in ((left, "--left-topic"), (right, "--right-topic"), (left_info, "--left-info-topic"),
                         (right_info, "--right-info-topic"), (gt, "--gt-topic")):
         if given is not None and given not in topics:
             raise BagError(f"{flag} {given!r} is not in the bag; topics: {sorted(topics)}")
-    images = sorted(t for t, i in topics.items() if i.msgtype == IMAGE and not _is_gt(t))
+    raw = sorted(t for t, i in topics.items() if i.msgtype == IMAGE and not _is_gt(t))
+    compressed = sorted(t for t, i in topics.items() if i.msgtype == COMPRESSED_IMAGE and not _is_gt(t))
     infos = sorted(t for t, i in topics.items() if i.msgtype == CAMERA_INFO)
-    if left is None:
-        left = _pick([t for t in images if _has_side(t, "left")], "left image", "--left-topic", images)
-    if right is None:
-        right = _pick([t for t in images if _has_side(t, "right")], "right image", "--right-topic", images)
+
+    def image_for(side: str) -> str:  # raw images first, compressed ones when a side has no raw topic
+        cands = [t for t in raw if _has_side(t, side)] or [t for t in compressed if _has_side(t, side)]
+        return _pick(cands, f"{side} image", f"--{side}-topic", raw + compressed)
+
+    left = left or image_for("left")
+    right = right or image_for("right")
     for name, t in (("left", left), ("right", right)):
-        if topics[t].msgtype != IMAGE:
-            raise BagError(f"{name} topic {t!r} is {topics[t].msgtype}, expected {IMAGE}")
+        if topics[t].msgtype not in (IMAGE, COMPRESSED_IMAGE):
+            raise BagError(f"{name} topic {t!r} is {topics[t].msgtype}, expected {IMAGE} or {COMPRESSED_IMAGE}")
 
     def info_for(image_topic: str, side: str) -> Optional[str]:
-        sibling = posixpath.join(posixpath.dirname(image_topic), "camera_info")
+        base = image_topic[:-len("/compressed")] if image_topic.endswith("/compressed") else image_topic
+        sibling = posixpath.join(posixpath.dirname(base), "camera_info")
         if sibling in infos:
             return sibling
         cands = [t for t in infos if _has_side(t, side)]
