@@ -26,7 +26,7 @@ setup(
     tests_require=["pytest"],
     entry_points={
         "console_scripts": [
-            "madis_stereo_node = madis_ros.stereo_node:main",
+            "madis_stereo_node = madis_ros.node_entry:main",
             "madis = madis_core.cli:main",
             "madis-bag = madis_ros.bag_tool:main",
         ],

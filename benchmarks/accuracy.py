@@ -5,8 +5,8 @@
 
 Datasets: the real Middlebury Motorcycle pair (scikit-image, full 741x500, every pixel
 with ground truth, holes count as errors) and the fixed seeded synthetic test set.
-Models: sgbm and sgbm-3way, every registry model with weights under
-madis_core/weights/, and any --extra NAME=WEIGHTS (ablation runs).
+Models: the classical registry entries (sgbm, sgbm-3way), every registry model with weights
+under madis_core/weights/, and any --extra NAME=WEIGHTS (ablation runs).
 """
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ import torch  # noqa: E402
 
 from madis_core.checkpoint import shipped_weights  # noqa: E402
 from madis_core.data import build_dataset  # noqa: E402
-from madis_core.evaluate import build_estimator, evaluate, format_table  # noqa: E402
+from madis_core.estimator import build_estimator, is_classical  # noqa: E402
+from madis_core.evaluate import evaluate, format_table, search_range  # noqa: E402
 from madis_core.models import list_models  # noqa: E402
 
 
@@ -34,8 +35,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None, help="write the rows here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    models = [("sgbm", "sgbm"), ("sgbm-3way", "sgbm-3way")]
-    models += [(name, name) for name in list_models() if shipped_weights(name) is not None]
+    models = [(name, name) for name in list_models() if is_classical(name) or shipped_weights(name) is not None]
     for item in args.extra:
         name, _, path = item.partition("=")
         if not path:
@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     for spec in args.datasets.split(","):
         data = build_dataset(spec)
         for label, source in models:
-            est = build_estimator(source, data, device=args.device)
+            est = build_estimator(source, device=args.device, max_disparity=search_range(data))
             row = {"model": label, "dataset": spec, **evaluate(est, data)}
             rows.append(row)
             print(f"  evaluated {label} on {spec}", file=sys.stderr, flush=True)

@@ -29,7 +29,8 @@ import torch  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from madis_core.data import build_dataset  # noqa: E402
-from madis_core.evaluate import build_estimator  # noqa: E402
+from madis_core.estimator import build_estimator  # noqa: E402
+from madis_core.evaluate import search_range  # noqa: E402
 from madis_core.metrics import error_map, ground_truth_mask  # noqa: E402
 
 
@@ -87,7 +88,7 @@ def main(argv=None) -> int:
     print("| model | bad-2 % | " + " | ".join(f"bad-2 in {k} (% of all)" for k in names) + " |")
     print("| --- " * (2 + len(names)) + "|")
     for spec in args.model or ["sgbm", "student"]:
-        pred = build_estimator(spec, data).predict(sample["left"], sample["right"]).disparity
+        pred = build_estimator(spec, max_disparity=search_range(data)).predict(sample["left"], sample["right"]).disparity
         err, _ = error_map(pred, gt, sample.get("valid"))  # holes are inf: they count as errors
         bad = valid & (err > 2)
         cells = [f"{100 * (bad & masks[k]).sum() / n:.2f}" for k in names]

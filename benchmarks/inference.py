@@ -35,7 +35,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from madis_core.checkpoint import shipped_weights  # noqa: E402
-from madis_core.estimator import StereoEstimator  # noqa: E402
+from madis_core.estimator import build_estimator, is_classical  # noqa: E402
 
 DEFAULT_MODELS = "sgbm,sgbm-3way,student,student-lite,student@onnxruntime,student-lite@onnxruntime,madis-tiny"
 DEFAULT_SIZES = "640x480,960x576,1280x720"
@@ -59,15 +59,15 @@ def make_pair(w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
 def build(spec: str, device: str, precision: str, threads: int = 0):
     name, _, runtime = spec.partition("@")
     runtime = runtime or "torch"
-    if name.startswith("sgbm"):
-        return StereoEstimator.from_pretrained(name), "classical"
+    if is_classical(name):
+        return build_estimator(name), "classical"
     trained = shipped_weights(name) is not None
     kw = {} if trained else {"random_init": True}
     if not trained:
         torch.manual_seed(0)  # the same untrained weights every run: the ONNX export cache is keyed by them
     if runtime == "onnxruntime" and threads > 0:
         kw["threads"] = threads  # the same thread count as torch.set_num_threads
-    est = StereoEstimator.from_pretrained(name, device=device, precision=precision, runtime=runtime, **kw)
+    est = build_estimator(name, device=device, precision=precision, runtime=runtime, **kw)
     return est, "trained" if trained else "untrained"
 
 
@@ -137,8 +137,7 @@ def main(argv=None) -> int:
             w, h = map(int, size.lower().split("x"))
             left, right = make_pair(w, h)
             try:
-                est, state = build(spec, args.device if not spec.startswith("sgbm") else "cpu", args.precision,
-                                   args.threads)
+                est, state = build(spec, args.device, args.precision, args.threads)
             except Exception as exc:  # a runtime missing on this machine is reported, not fatal
                 print(f"{spec:28s} {size:>9s}  skipped: {exc}")
                 continue

@@ -23,7 +23,7 @@ figure would be without the other processes. Like the node's main(), the part ca
 ``tune_malloc()`` first (without it every frame's buffers are fresh pages: see its doc).
 Target: median overhead <= 10 ms at 640x480 with a colour cloud on the 2-core CPU.
 
-Part 2, end to end (three processes over DDS): ``test/rosutil.py publish`` sends 640x480
+Part 2, end to end (three processes over DDS): ``test/publisher.py`` sends 640x480
 rgb8 pairs with camera_info (best effort, ``--rate`` Hz); the node process
 (``python -m madis_ros.stereo_node``, debug logging of its per-frame timing lines) runs
 the model; this process subscribes to ``points2`` and measures receipt wall time minus the
@@ -68,12 +68,6 @@ DEFAULT_DOMAIN = 97
 TARGET_MS = 10.0
 
 
-def default_model() -> str:
-    from madis_core.checkpoint import shipped_weights
-
-    return "student" if shipped_weights("student") is not None else "sgbm"
-
-
 def _pct(values: List[float], q: float) -> float:
     return float(np.percentile(np.asarray(values, dtype=np.float64), q)) if values else float("nan")
 
@@ -88,8 +82,8 @@ def node_params(model: str, random_init: bool, color_disparity: bool, cloud_colo
                 extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     p = {"model": model, "device": "cpu", "publish_color_disparity": color_disparity, "cloud_color": cloud_color,
          "no_input_warn_sec": 3600.0}
-    if random_init and not model.startswith("sgbm"):
-        p["model_random_init"] = True
+    if random_init:
+        p["model_random_init"] = True  # ignored by classical models
     p.update(extra or {})
     return p
 
@@ -104,7 +98,9 @@ def measure_overhead(params: Dict[str, Any], width: int = 640, height: int = 480
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import PointCloud2
 
-    from madis_ros.stereo_node import StereoNode, tune_malloc
+    from madis_ros.frame_sync import StereoInput
+    from madis_ros.node_runtime import tune_malloc
+    from madis_ros.stereo_node import StereoNode
     from rosutil import image_pair_messages, make_scene, to_time
 
     tune_malloc()  # as the node's main() does
@@ -148,15 +144,13 @@ def measure_overhead(params: Dict[str, Any], width: int = 640, height: int = 480
             stamp = to_time(t0 + 0.05 * i)
             for m in (li, ri, lc, rc):
                 m.header.stamp = stamp
-            node._on_info(0, lc)
-            node._on_info(1, rc)
             cpu_excluded[0] = 0.0
             c0 = time.process_time()
-            reason = node._process(li, ri, time.monotonic())
+            reason = node._process((StereoInput(li, ri, lc, rc), time.monotonic()))
             cpu_overhead.append((time.process_time() - c0 - cpu_excluded[0]) * 1e3)
             if reason is not None:
                 raise RuntimeError(f"the node dropped the pair: {reason}")
-        rows = list(node._frames)[warmup:]
+        rows = node.frame_stats.rows()[warmup:]
         # what the node published (the subscriber keeps the last cloud): proof the cloud was built
         from rclpy.executors import SingleThreadedExecutor
 
@@ -181,17 +175,17 @@ def measure_overhead(params: Dict[str, Any], width: int = 640, height: int = 480
 def stage_breakdown(model: str, random_init: bool, width: int = 640, height: int = 480,
                     frames: int = 15) -> Dict[str, Dict[str, float]]:
     """The node's per-frame functions called one by one (for profiling; the total is part 1's)."""
-    from madis_core.estimator import StereoEstimator
+    from madis_core.estimator import build_estimator
+    from madis_core.pipeline import StereoFrameProcessor
     from madis_ros.camera_info import stereo_camera_from_infos
     from madis_ros.image_conversion import image_to_estimator_input
-    from madis_ros.outputs import (make_color_disparity_image, make_depth_image, make_disparity_image,
-                                   make_pointcloud2)
+    from madis_ros.messages import (make_color_disparity_image, make_depth_image, make_disparity_image,
+                                    make_pointcloud2)
     from madis_ros.params import settings_from_dict
-    from madis_ros.processing import StereoFrameProcessor
     from rosutil import image_pair_messages, make_scene
 
     settings = settings_from_dict(node_params(model, random_init, True))
-    est = StereoEstimator.from_pretrained(model, device="cpu", **settings.backend_options())
+    est = build_estimator(**settings.estimator_kwargs())
     proc = StereoFrameProcessor(est, settings.processing_settings())
     scene = make_scene(width, height, "slanted", disparity=40.0 * width / 640.0)
     li, ri, lc, rc = image_pair_messages(scene, "rgb8")
@@ -226,21 +220,22 @@ def stage_breakdown(model: str, random_init: bool, width: int = 640, height: int
 
 
 # --- part 2: end to end over DDS -------------------------------------------------------------------
-_FRAME_RX = re.compile(r"frame stamp_ns=(\d+) inference_ms=([\d.]+) overhead_ms=([\d.]+) publish_ms=([\d.]+) "
+_FRAME_RX = re.compile(r"frame stamp_ns=(\d+) right_stamp_ns=\d+ inference_ms=([\d.]+) overhead_ms=([\d.]+) publish_ms=([\d.]+) "
                        r"latency_ms=([\d.]+)")
 
 
 def end_to_end(model: str, random_init: bool, width: int = 640, height: int = 480, rate: float = 10.0,
-               duration: float = 15.0, domain_id: int = DEFAULT_DOMAIN, extra: Optional[Dict[str, Any]] = None
-               ) -> Dict[str, Any]:
+               duration: float = 15.0, domain_id: int = DEFAULT_DOMAIN, extra: Optional[Dict[str, Any]] = None,
+               transport: str = "raw", qos: str = "best_effort", kind: str = "slanted") -> Dict[str, Any]:
     """Publisher process -> node process -> this process; latency = points2 receipt - stamp."""
+    from diagnostic_msgs.msg import DiagnosticArray
     from sensor_msgs.msg import PointCloud2
 
     import rosutil
     from rosutil import NodeProcess, RosContext, start_publisher
 
     os.environ.pop("ROS_AUTOMATIC_DISCOVERY_RANGE", None)  # children inherit this environment
-    params = node_params(model, random_init, False, extra=extra)
+    params = node_params(model, random_init, False, extra={"input_transport": transport, **(extra or {})})
     node = NodeProcess(params, domain_id, extra_args=["--log-level", "madis_stereo:=debug"]).start()
     pub = None
     try:
@@ -248,13 +243,17 @@ def end_to_end(model: str, random_init: bool, width: int = 640, height: int = 48
             raise RuntimeError(f"the node did not start:\n{node.log_text()[-3000:]}")
         with RosContext(domain_id, "node_latency_probe") as rc:
             col = rc.subscribe(PointCloud2, "points2", rosutil.RELIABLE)
+            diags = rc.subscribe(DiagnosticArray, "/diagnostics", rosutil.RELIABLE)
             end = time.monotonic() + 20
             while time.monotonic() < end and rc.node.count_publishers("points2") == 0:
                 time.sleep(0.05)
-            pub = start_publisher(domain_id, width=width, height=height, kind="slanted",
-                                  disparity=40.0 * width / 640.0, rate=rate, duration=duration, qos="best_effort")
+            pub = start_publisher(domain_id, width=width, height=height, kind=kind,
+                                  disparity=40.0 * width / 640.0, rate=rate, duration=duration, qos=qos,
+                                  image_transport=transport)
             pub.wait(duration + 40)
             time.sleep(1.0)  # the last frame in flight
+            rc.wait_for(lambda: rosutil.diagnostics_values(diags.msgs).get("pairs_pending") == "0", 5)
+            counts = rosutil.diagnostics_values(diags.msgs)
             rss = node.rss_mb()
             items = [(wall, m.header.stamp.sec + m.header.stamp.nanosec * 1e-9, m) for _, wall, m in col.items]
         summary_line = re.search(r"PUBLISHED (\{.*\})", pub.log_text())
@@ -266,7 +265,13 @@ def end_to_end(model: str, random_init: bool, width: int = 640, height: int = 48
     e2e = [(wall - stamp) * 1e3 for wall, stamp, _ in items]
     frames = [tuple(map(float, m.groups()[1:])) for m in _FRAME_RX.finditer(node.log_text())]
     return {"model": model, "random_init": random_init, "rate_hz": rate, "duration_s": duration,
+            "size": f"{width}x{height}", "transport": transport, "qos": qos, "node_params": params,
+            "image_bytes": published.get("image_bytes"),
             "pairs_published": published.get("sent"), "points2_received": len(items),
+            # what reached the node: synchronised frames, and per input topic
+            "node_pairs_received": int(counts.get("pairs_received", 0)),
+            "node_dropped_superseded": int(counts.get("dropped_superseded", 0)),
+            "node_received": {k[len("received_"):]: int(v) for k, v in counts.items() if k.startswith("received_")},
             "points2_rate_hz": round(len(items) / duration, 2) if duration else float("nan"),
             "e2e_stamp_to_points2_ms": _summary(e2e),
             "node_inference_ms": _summary([f[0] for f in frames]),
@@ -286,10 +291,21 @@ def main(argv=None) -> int:
     ap.add_argument("--rate", type=float, default=10.0, help="publisher rate (Hz) for the end-to-end part")
     ap.add_argument("--duration", type=float, default=15.0, help="seconds of publishing")
     ap.add_argument("--domain", type=int, default=DEFAULT_DOMAIN)
+    ap.add_argument("--transport", default="raw", choices=["raw", "compressed"],
+                    help="end to end: images as sensor_msgs/Image or CompressedImage (jpeg)")
+    ap.add_argument("--qos", default="best_effort", choices=["best_effort", "reliable"],
+                    help="end to end: the publisher's reliability (the node subscribes with sensor_data)")
+    ap.add_argument("--inference-scale", type=float, default=1.0, help="end to end: node parameter inference_scale")
+    ap.add_argument("--publish-resolution", default="camera", choices=["camera", "inference"],
+                    help="end to end: node parameter publish_resolution")
+    ap.add_argument("--kind", default="slanted", choices=["slanted", "photo"],
+                    help="end to end: the scene's texture (photo: a real photograph, compresses like camera images)")
     ap.add_argument("--overhead-only", action="store_true")
     ap.add_argument("--e2e-only", action="store_true")
     ap.add_argument("--out", default="bench_out")
     args = ap.parse_args(argv)
+    from madis_core.estimator import default_model
+
     model = args.model or default_model()
     w, h = map(int, args.size.lower().split("x"))
     meta = {"host": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
@@ -312,10 +328,14 @@ def main(argv=None) -> int:
         result["breakdown"] = stage_breakdown(model, args.random_init, w, h)
         print("breakdown (p50 ms):  " + ";  ".join(f"{k} {v['p50']:.2f}" for k, v in result["breakdown"].items()))
     if not args.overhead_only:
-        e = end_to_end(model, args.random_init, w, h, args.rate, args.duration, args.domain)
+        e = end_to_end(model, args.random_init, w, h, args.rate, args.duration, args.domain,
+                       {"inference_scale": args.inference_scale, "publish_resolution": args.publish_resolution},
+                       args.transport, args.qos, args.kind)
         result["end_to_end"] = e
         l, inf, ov = e["e2e_stamp_to_points2_ms"], e["node_inference_ms"], e["node_overhead_ms"]
-        print(f"end to end: {e['points2_received']} points2 from {e['pairs_published']} pairs at {args.rate:g} Hz; "
+        print(f"end to end ({e['size']} {args.transport}, {args.qos}, images {e['image_bytes']} B): "
+              f"{e['node_pairs_received']} of {e['pairs_published']} pairs reached the node "
+              f"({e['node_dropped_superseded']} superseded), {e['points2_received']} points2 at {args.rate:g} Hz; "
               f"stamp->points2 p50 {l['p50']:.1f} ms p95 {l['p95']:.1f} ms; node inference p50 {inf['p50']:.1f} "
               f"p95 {inf['p95']:.1f} ms; node overhead p50 {ov['p50']:.2f} p95 {ov['p95']:.2f} ms; publish p50 "
               f"{e['node_publish_ms']['p50']:.2f} ms; pair->published in the node p50 "

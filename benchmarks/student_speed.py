@@ -56,13 +56,13 @@ def make_estimator(name: str, runtime: str = "torch"):
     import torch
 
     from madis_core.checkpoint import shipped_weights
-    from madis_core.estimator import StereoEstimator
+    from madis_core.estimator import build_estimator, is_classical
 
-    if name.startswith("sgbm"):
-        return StereoEstimator.from_pretrained(name, num_disparities=128)
+    if is_classical(name):
+        return build_estimator(name)  # its default search range, 128 disparities
     random_init = shipped_weights(name) is None
     kw = {"threads": torch.get_num_threads()} if runtime == "onnxruntime" else {}
-    return StereoEstimator.from_pretrained(name, device="cpu", runtime=runtime, random_init=random_init, **kw)
+    return build_estimator(name, device="cpu", runtime=runtime, random_init=random_init, **kw)
 
 
 def interleaved_latency(estimators: Dict[str, object], left, right, warmup: int, rounds: int

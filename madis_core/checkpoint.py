@@ -1,4 +1,4 @@
-"""Saving and loading model weights without executing pickles.
+"""Saving, finding and loading model weights without executing pickles.
 
 Two formats are read:
 - ``*.safetensors``: tensors plus metadata ``{"model": registry name, "config": json}``
@@ -6,6 +6,10 @@ Two formats are read:
 - ``*.pt`` / ``*.pth`` / ``*.ckpt``: a training checkpoint, a dict loaded with
   ``torch.load(weights_only=True)`` holding ``model_name``, ``model_config`` and
   ``model`` (a state dict), as the training engine writes it.
+
+``resolve_weights(name_or_path)`` turns what a user typed into a weights file (a path,
+or a registry name with shipped weights under ``madis_core/weights/``);
+``load_registry_model`` is the one place a network is obtained from such a string.
 """
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ import torch
 import torch.nn as nn
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+#: suffixes that mark a model string as a file path (".onnx" for the onnxruntime backend)
+WEIGHTS_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".onnx")
 
 
 class CheckpointError(ValueError):
@@ -29,11 +35,11 @@ def save_weights(model: nn.Module, path: str | os.PathLike, extra_metadata: Dict
     from safetensors.torch import save_file
 
     path = Path(path)
-    name = getattr(model, "model_name", None)
-    if name is None:
-        raise ValueError("model has no model_name; build it with madis_core.models.build_model")
+    from madis_core.models import meta_of
+
+    meta_of(model)  # refuses a network that was not built by the registry
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    meta = {"model": name, "config": json.dumps(getattr(model, "model_config", {}), sort_keys=True)}
+    meta = {"model": model.model_name, "config": json.dumps(model.model_config, sort_keys=True)}
     meta.update(extra_metadata or {})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -91,3 +97,32 @@ def shipped_weights(name: str) -> Path | None:
         if p.is_file():
             return p
     return None
+
+
+def resolve_weights(name_or_path: str | os.PathLike) -> Path | None:
+    """A path (by suffix or a folder separator), or the shipped weights of a registry name; else None."""
+    text = str(name_or_path)
+    p = Path(text).expanduser()
+    if p.suffix in WEIGHTS_SUFFIXES or os.sep in text:
+        return p
+    return shipped_weights(text)
+
+
+def load_registry_model(model: "str | nn.Module", random_init: bool = False, **overrides: Any) -> nn.Module:
+    """A module as it is, a weights path, a registry name with shipped weights, or (``random_init``)
+    an untrained registry network; a clear error for anything else."""
+    from madis_core.models import build_model, list_models
+
+    if isinstance(model, nn.Module):
+        return model
+    weights = resolve_weights(model)
+    if weights is not None and not random_init:
+        if not weights.is_file():
+            raise FileNotFoundError(f"weights file not found: {weights}")
+        return load_model(weights)
+    if model in list_models(learned=True):
+        if random_init:
+            return build_model(model, **overrides)
+        raise FileNotFoundError(
+            f"no shipped weights for model {model!r}; pass a weights file path, or random_init=True for an untrained network")
+    raise ValueError(f"{model!r} is neither a registered model ({', '.join(list_models())}) nor a weights file")

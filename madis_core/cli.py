@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 from typing import List, Optional
+
+from madis_core.command import run_subcommand, setup_logging
 
 SUBCOMMANDS = {
     "predict": ("madis_core.predict", "disparity, depth and a point cloud for one stereo pair"),
@@ -35,7 +36,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     top, rest = parser.parse_known_args(argv)
-    logging.basicConfig(level=logging.DEBUG if top.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(top.verbose)
     if top.command is None:
         parser.print_help()
         return 2
@@ -45,14 +46,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ModuleNotFoundError as exc:
         print(f"madis {top.command}: not available in this install ({exc})", file=sys.stderr)
         return 2
-    sub = argparse.ArgumentParser(prog=f"madis {top.command}", description=help_text)
-    module.add_arguments(sub)
-    args = sub.parse_args(rest)
-    try:
-        return int(module.run(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"madis {top.command}: error: {exc}", file=sys.stderr)
-        return 1
+    return run_subcommand(f"madis {top.command}", module, rest, help_text)
 
 
 if __name__ == "__main__":

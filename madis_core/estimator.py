@@ -1,115 +1,99 @@
-"""One inference API over every stereo backend: classical (SGBM) and learned models.
+"""One inference API over every stereo backend, and one function from a user's model string to it.
 
-    est = StereoEstimator.from_pretrained("sgbm")            # backend by name
-    est = StereoEstimator.from_pretrained("student")         # shipped weights
-    est = StereoEstimator.from_pretrained("run/best.safetensors", device="cuda")
+    est = build_estimator("sgbm")                        # classical registry entry
+    est = build_estimator("student")                     # shipped weights
+    est = build_estimator("run/best.safetensors", device="cuda", runtime="onnxruntime")
     res = est.predict(left, right)   # numpy images: HxW or HxWx3 (RGB), uint8/uint16
     res.disparity   # float32 HxW, pixels, left view, NaN where invalid
     res.confidence  # float32 HxW in [0, 1], or None
+    est.meta        # madis_core.models.ModelMeta: range, step, confidence, minimum input size
+
+The node, the bag tools, ``madis predict``/``evaluate`` and the benchmarks all call
+``build_estimator``; ``StereoEstimator.from_pretrained`` is the same function.
 """
 from __future__ import annotations
 
-import logging
 import os
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, List
 
 import numpy as np
 
-log = logging.getLogger(__name__)
+from madis_core.backends.base import BACKENDS, StereoBackend, StereoResult, check_pair
+from madis_core.models import classical  # noqa: F401  (its entries: is_classical needs them, not torch)
+from madis_core.models.registry import MODELS, ModelMeta, get_entry
+
+RUNTIMES = ("torch", "onnxruntime")
+#: the model every entry point uses when none is given (the ROS node, madis predict, the benchmarks):
+#: the shipped distilled student (madis_core/weights/student.safetensors)
+DEFAULT_MODEL = "student"
 
 
-@dataclass
-class StereoResult:
-    disparity: np.ndarray
-    confidence: Optional[np.ndarray] = None
-    timings_ms: Dict[str, float] = field(default_factory=dict)
+def default_model() -> str:
+    """DEFAULT_MODEL when its weights are shipped in this install, else the classical ``sgbm``."""
+    from madis_core.checkpoint import shipped_weights
+
+    return DEFAULT_MODEL if shipped_weights(DEFAULT_MODEL) is not None else "sgbm"
 
 
-class StereoBackend:
-    """What every backend implements. ``predict_checked`` gets validated inputs."""
-
-    name: str = "backend"
-    min_disparity: float = 0.0
-    max_disparity: float = 192.0
-    #: smallest disparity step the backend resolves (1/16 for SGBM, small for regression)
-    delta_d: float = 1.0 / 16.0
-    device: str = "cpu"
-
-    def predict_checked(self, left: np.ndarray, right: np.ndarray) -> StereoResult:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def describe(self) -> str:
-        return f"{self.name} (device={self.device}, max_disparity={self.max_disparity:g})"
-
-
-_BACKENDS: Dict[str, Callable[..., StereoBackend]] = {}
-
-
-def register_backend(name: str):
-    """Register a backend factory ``f(**kwargs) -> StereoBackend`` under ``name``."""
-
-    def decorator(factory: Callable[..., StereoBackend]) -> Callable[..., StereoBackend]:
-        _BACKENDS[name] = factory
-        return factory
-
-    return decorator
-
-
-def _load_backends() -> None:
-    import madis_core.backends  # noqa: F401  (registers sgbm, torch, onnxruntime)
+def _backend(name: str):
+    """The factory of backend ``name``, importing only its module (SGBM never loads torch, whose
+    import and interpreter exit cost seconds on a busy CPU); KeyError when it is not installed."""
+    if name not in BACKENDS:
+        try:
+            if name == "sgbm":
+                from madis_core.backends import sgbm  # noqa: F401
+            elif name == "torch":
+                from madis_core.backends import torch_backend  # noqa: F401
+            elif name == "onnxruntime":
+                from madis_core.backends import onnx_backend  # noqa: F401
+        except ImportError:  # pragma: no cover - onnxruntime is optional
+            pass
+    return BACKENDS.get(name)
 
 
 def list_backends() -> List[str]:
-    _load_backends()
-    return sorted(_BACKENDS)
+    for name in ("sgbm", "torch", "onnxruntime"):
+        try:
+            _backend(name)
+        except KeyError:  # pragma: no cover - not installed
+            pass
+    return BACKENDS.names()
 
 
-def check_image(img: Any, what: str) -> np.ndarray:
-    """Validate one input image; returns it as a contiguous numpy array (HxW or HxWx3)."""
-    if not isinstance(img, np.ndarray):
-        raise TypeError(f"{what} image must be a numpy array, got {type(img).__name__}")
-    if img.size == 0:
-        raise ValueError(f"{what} image is empty (shape {img.shape})")
-    if img.ndim == 3 and img.shape[2] == 1:
-        img = img[:, :, 0]
-    if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 3)):
-        raise ValueError(f"{what} image must be HxW or HxWx3, got shape {img.shape}")
-    if img.dtype not in (np.uint8, np.uint16):
-        raise ValueError(f"{what} image must be uint8 or uint16, got {img.dtype}")
-    return np.ascontiguousarray(img)
+def is_classical(model: Any) -> bool:
+    """Whether a model string names a classical (not learned) registry entry, e.g. ``sgbm``."""
+    return isinstance(model, str) and model in MODELS and not get_entry(model).meta.learned
 
 
-def check_pair(left: Any, right: Any) -> tuple[np.ndarray, np.ndarray]:
-    left = check_image(left, "left")
-    right = check_image(right, "right")
-    if left.shape[:2] != right.shape[:2]:
-        raise ValueError(f"left and right sizes differ: {left.shape[:2]} vs {right.shape[:2]}")
-    if left.ndim != right.ndim or left.dtype != right.dtype:
-        raise ValueError(
-            f"left and right formats differ: {left.shape}/{left.dtype} vs {right.shape}/{right.dtype}"
-        )
-    return left, right
+def build_estimator(model: Any, device: str = "auto", precision: str = "fp32", runtime: str = "torch",
+                    max_disparity: float = 0.0, random_init: bool = False, **options: Any) -> "StereoEstimator":
+    """Build the estimator a user's ``model`` names.
 
-
-def to_float_rgb(img: np.ndarray) -> np.ndarray:
-    """uint8/uint16 HxW or HxWx3 -> float32 HxWx3 in [0, 1]."""
-    scale = 255.0 if img.dtype == np.uint8 else 65535.0
-    out = img.astype(np.float32) / scale
-    if out.ndim == 2:
-        out = np.repeat(out[:, :, None], 3, axis=2)
-    return out
-
-
-def to_uint8_gray(img: np.ndarray) -> np.ndarray:
-    """uint8/uint16 HxW or HxWx3 (RGB) -> uint8 HxW."""
-    if img.dtype == np.uint16:
-        img = (img >> 8).astype(np.uint8)
-    if img.ndim == 3:
-        img = (img[..., 0] * 0.299 + img[..., 1] * 0.587 + img[..., 2] * 0.114 + 0.5).astype(np.uint8)
-    return img
+    ``model``: a registry name (classical ``sgbm``/``sgbm-3way``, or a network with shipped
+    weights such as ``student``), a weights file (``.safetensors``/``.pt``/``.onnx``) or a
+    network built by the registry. ``runtime`` (torch or onnxruntime), ``precision`` and
+    ``random_init`` (an untrained network, for tests and timing) apply to networks.
+    ``max_disparity`` > 0 sets a classical method's search range (a network's range is its
+    own; the frame pipeline invalidates disparities above a limit). ``options`` go to the
+    backend (e.g. ``block_size`` for SGBM, ``threads`` for onnxruntime).
+    """
+    if is_classical(model):
+        meta = get_entry(model).meta
+        opts = {**meta.backend_options, **options}
+        if max_disparity > 0:  # classical backends take their search range as max_disparity
+            opts.setdefault("max_disparity", float(max_disparity))
+        return StereoEstimator(_backend(meta.backend)(device=device, **opts))
+    if runtime not in RUNTIMES:
+        raise ValueError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
+    try:
+        factory = _backend(runtime)
+    except KeyError:
+        raise ValueError(f"runtime {runtime!r} is not available in this install") from None
+    if random_init:
+        options["random_init"] = True
+    key = model if not isinstance(model, os.PathLike) else os.fspath(model)
+    return StereoEstimator(factory(model=key, device=device, precision=precision, **options))
 
 
 class StereoEstimator:
@@ -119,31 +103,11 @@ class StereoEstimator:
         self.backend = backend
 
     @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str | os.PathLike,
-        device: str = "auto",
-        precision: str = "fp32",
-        runtime: str = "torch",
-        **kwargs: Any,
-    ) -> "StereoEstimator":
-        """Build an estimator from a backend name (``sgbm``), a model registry name with
-        shipped weights (``student``), or a weights file path.
+    def from_pretrained(cls, name_or_path: Any, device: str = "auto", precision: str = "fp32",
+                        runtime: str = "torch", **kwargs: Any) -> "StereoEstimator":
+        """``build_estimator`` (kept as the library's documented entry point)."""
+        return build_estimator(name_or_path, device=device, precision=precision, runtime=runtime, **kwargs)
 
-        ``random_init=True`` builds an untrained registry model (tests, benchmarks).
-        Remaining keyword arguments go to the backend.
-        """
-        _load_backends()
-        key = str(name_or_path)
-        if key in _BACKENDS and key not in ("torch", "onnxruntime"):
-            return cls(_BACKENDS[key](device=device, **kwargs))
-        if runtime not in ("torch", "onnxruntime"):
-            raise ValueError(f"unknown runtime {runtime!r}; use 'torch' or 'onnxruntime'")
-        if runtime not in _BACKENDS:
-            raise ValueError(f"runtime {runtime!r} is not available in this install")
-        return cls(_BACKENDS[runtime](model=key, device=device, precision=precision, **kwargs))
-
-    # --- properties the node and evaluation use -------------------------------------
     @property
     def name(self) -> str:
         return self.backend.name
@@ -153,16 +117,8 @@ class StereoEstimator:
         return self.backend.device
 
     @property
-    def min_disparity(self) -> float:
-        return self.backend.min_disparity
-
-    @property
-    def max_disparity(self) -> float:
-        return self.backend.max_disparity
-
-    @property
-    def delta_d(self) -> float:
-        return self.backend.delta_d
+    def meta(self) -> ModelMeta:
+        return self.backend.meta
 
     def predict(self, left: np.ndarray, right: np.ndarray) -> StereoResult:
         left, right = check_pair(left, right)
@@ -176,30 +132,3 @@ class StereoEstimator:
 
     def __repr__(self) -> str:
         return f"StereoEstimator({self.backend.describe()})"
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available else ``cpu`` (callers such as the node log the
-    fallback); ``cuda[:N]`` without CUDA raises a clear error."""
-    import torch
-
-    device = (device or "auto").strip()
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"device {device!r} requested but CUDA is not available (torch {torch.__version__}); use device 'cpu' or 'auto'")
-        return device
-    if device in ("cpu", "mps"):
-        return device
-    raise ValueError(f"unknown device {device!r}; use auto, cpu or cuda[:N]")
-
-
-def resolve_weights(name_or_path: str) -> Path | None:
-    """A path that exists, or the shipped weights of a registry name; else None."""
-    from madis_core.checkpoint import shipped_weights
-
-    p = Path(name_or_path).expanduser()
-    if p.suffix in (".safetensors", ".pt", ".pth", ".ckpt", ".onnx") or os.sep in str(name_or_path):
-        return p
-    return shipped_weights(str(name_or_path))

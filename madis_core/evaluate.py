@@ -4,7 +4,8 @@
                    --dataset synthetic-test --dataset kitti2015:/data/kitti --json results.json
 
 OpenCV SGBM is always in the comparison (the baseline every learned model must beat);
-its search range follows the dataset's documented disparity range (at least 128).
+a classical method's search range follows the dataset's documented disparity range (at
+least its default, 128).
 Metrics are over the pixels with valid ground truth; holes count as errors (see
 ``madis_core.metrics``); latency is the mean wall time of ``StereoEstimator.predict``
 per pair after one untimed warm-up call.
@@ -20,7 +21,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
+from madis_core.estimator import build_estimator, is_classical
 from madis_core.metrics import aggregate_metrics, compute_metrics
+from madis_core.models.classical import SGBM_DEFAULT_DISPARITIES
 
 log = logging.getLogger(__name__)
 
@@ -77,16 +80,11 @@ def format_table(results: Iterable[Dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _is_sgbm(name: str) -> bool:
-    return name == "sgbm" or name.startswith("sgbm-")
-
-
-def sgbm_disparities(dataset) -> int:
-    """SGBM search range for a dataset: its documented maximum rounded up to 16, >= 128."""
-    md = getattr(dataset, "max_disparity", None)
-    if not md:
-        return 128
-    return max(128, int(math.ceil(float(md) / 16.0)) * 16)
+def search_range(dataset) -> float:
+    """A classical method's search range for a dataset: its documented maximum disparity,
+    at least the method's default range."""
+    md = dataset.max_disparity if dataset is not None else None
+    return max(float(md or 0.0), float(SGBM_DEFAULT_DISPARITIES))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -104,19 +102,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="untrained registry models (pipeline checks and timing only)")
 
 
-def build_estimator(name: str, dataset=None, **kwargs):
-    """``StereoEstimator.from_pretrained(name, **kwargs)``, except that SGBM backends take
-    their search range from ``dataset`` (``sgbm_disparities``) and no other options."""
-    from madis_core.estimator import StereoEstimator
-
-    if _is_sgbm(name):
-        return StereoEstimator.from_pretrained(name, num_disparities=sgbm_disparities(dataset))
-    return StereoEstimator.from_pretrained(name, **kwargs)
-
-
 def _build(name: str, args, dataset=None):
-    kw = {"random_init": True} if args.random_init else {}
-    return build_estimator(name, dataset, device=args.device, precision=args.precision, runtime=args.runtime, **kw)
+    return build_estimator(name, device=args.device, precision=args.precision, runtime=args.runtime,
+                           random_init=args.random_init, max_disparity=search_range(dataset))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -125,15 +113,15 @@ def run(args: argparse.Namespace) -> int:
     if args.max_samples is not None and args.max_samples < 1:
         raise ValueError(f"--max-samples must be >= 1, got {args.max_samples}")
     models = list(dict.fromkeys(args.model))
-    if not any(_is_sgbm(m) for m in models):
+    if not any(is_classical(m) for m in models):
         models.insert(0, "sgbm")
     specs = args.dataset or ["motorcycle", "synthetic-test"]
     datasets = [(spec, build_dataset(spec)) for spec in specs]
-    learned = {m: _build(m, args) for m in models if not _is_sgbm(m)}  # load each network once
+    learned = {m: _build(m, args) for m in models if not is_classical(m)}  # load each network once
     results = []
     for spec, ds in datasets:
         for m in models:
-            est = _build(m, args, ds) if _is_sgbm(m) else learned[m]
+            est = _build(m, args, ds) if is_classical(m) else learned[m]
             log.info("evaluating %s on %s (%d pairs)", est.name, spec, len(ds) if args.max_samples is None else min(len(ds), args.max_samples))
             r = evaluate(est, ds, args.max_samples)
             results.append({"model": m, "dataset": spec, "device": est.device, **r})

@@ -32,11 +32,14 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
+
+from madis_core.checkpoint import load_registry_model
+from madis_core.models.registry import meta_of
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +72,7 @@ class ExportResult:
 
 
 def _prepare(model: nn.Module, height: int, width: int, batch: int) -> Tuple[ExportWrapper, Tuple[torch.Tensor, ...]]:
-    div = int(getattr(model, "size_divisor", 1))
+    div = meta_of(model).size_divisor
     if height <= 0 or width <= 0 or height % div or width % div:
         raise ValueError(f"export size {height}x{width} must be positive multiples of the model's size_divisor ({div})")
     model = model.cpu().eval()
@@ -85,11 +88,12 @@ def _prepare(model: nn.Module, height: int, width: int, batch: int) -> Tuple[Exp
 
 
 def _metadata(model: nn.Module) -> Dict[str, str]:
+    meta = meta_of(model)
     return {
-        "model_name": str(getattr(model, "model_name", type(model).__name__)),
-        "model_config": json.dumps(getattr(model, "model_config", {}), sort_keys=True, default=str),
-        "size_divisor": str(int(getattr(model, "size_divisor", 1))),
-        "max_disparity": str(float(getattr(model, "max_disparity", 192))),
+        "model_name": model.model_name,
+        "model_config": json.dumps(model.model_config, sort_keys=True, default=str),
+        "size_divisor": str(meta.size_divisor),
+        "max_disparity": str(float(meta.max_disparity)),
     }
 
 
@@ -126,7 +130,7 @@ def export_onnx(model: nn.Module, path: str | Path, height: int = 480, width: in
             raise RuntimeError(f"onnxruntime disagrees with PyTorch on {path}: max |disparity difference| "
                                f"{diff:.3g} px > {atol:g}")
         if dynamic:  # a dynamic export must also hold at a size it was not traced at
-            div = int(getattr(model, "size_divisor", 1)) or 1
+            div = meta_of(model).size_divisor
             other = _prepare(model, height + div * max(1, 16 // div), width + 2 * div * max(1, 16 // div), batch)[1]
             try:
                 diff2 = compare_onnx(path, wrapper, other)
@@ -136,7 +140,7 @@ def export_onnx(model: nn.Module, path: str | Path, height: int = 480, width: in
                 why = f"max |disparity difference| {diff2:.3g} px"
             if not diff2 <= atol:
                 path.unlink(missing_ok=True)
-                raise RuntimeError(f"{getattr(model, 'model_name', 'model')} does not export with dynamic shapes "
+                raise RuntimeError(f"{model.model_name} does not export with dynamic shapes "
                                    f"(at {tuple(other[0].shape)}: {why}); export a fixed size instead "
                                    f"(--height/--width without --dynamic)")
             diff = max(diff, diff2)
@@ -189,13 +193,6 @@ def export_torchscript(model: nn.Module, path: str | Path, height: int = 480, wi
     return ExportResult(path, "torchscript", tuple(inputs[0].shape), False, diff, outputs)
 
 
-def load_for_export(model: str | nn.Module, random_init: bool = False, **overrides: Any) -> nn.Module:
-    """A registry name with shipped weights, a weights file, or (``random_init``) an untrained registry model."""
-    from madis_core.backends.torch_backend import load_registry_model
-
-    return load_registry_model(model, random_init=random_init, **overrides).cpu().eval()
-
-
 # ----------------------------------------------------------------------------- CLI
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="registry name with shipped weights, or a weights file")
@@ -211,8 +208,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    model = load_for_export(args.model, random_init=args.random_init)
-    name = getattr(model, "model_name", Path(str(args.model)).stem)
+    model = load_registry_model(args.model, random_init=args.random_init).cpu().eval()
+    name = model.model_name
     suffix = ".onnx" if args.format == "onnx" else ".ts"
     size = "dynamic" if (args.dynamic and args.format == "onnx") else f"{args.height}x{args.width}"
     out = Path(args.output) if args.output else Path(f"{name}_{size}{suffix}")

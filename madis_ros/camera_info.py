@@ -9,8 +9,7 @@ Public API (stable; the node and the bag tools use it):
         left-reference rig, so this is -P_r[0,3]/P_r[0,0] as in ros-conventions.md),
         doffs = P_r[0,2] - P_l[0,2].
         ``image_size=(width, height)`` checks the infos against the images.
-    camera_infos_from_stereo_camera(camera, frame_left, frame_right, stamp=None)
-        -> (left CameraInfo, right CameraInfo) rclpy messages (tests, demo, bag writer).
+    calibration_from_info(info, side, image_size=None) -> madis_core.rectify.CameraCalibration (K, D, R, P, model)
     CameraInfoError (ValueError): every refusal; the text names the field and value.
 
 Why its own module: a camera_info with a zero, negative or NaN focal length or
@@ -25,6 +24,7 @@ from typing import Any, Optional, Tuple
 import numpy as np
 
 from madis_core.camera import StereoCamera
+from madis_core.rectify import CameraCalibration
 
 
 class CameraInfoError(ValueError):
@@ -88,23 +88,21 @@ def stereo_camera_from_infos(left_info: Any, right_info: Any,
                         baseline=float(baseline), doffs=float(pr[0, 2] - pl[0, 2]))
 
 
-def camera_infos_from_stereo_camera(camera: StereoCamera, frame_left: str = "left_camera_optical_frame",
-                                    frame_right: Optional[str] = None, stamp: Any = None):
-    """rclpy CameraInfo messages (rectified, no distortion) describing ``camera``."""
-    from sensor_msgs.msg import CameraInfo
+def _field(info: Any, name: str) -> Any:
+    value = getattr(info, name, None)
+    return getattr(info, name.upper(), None) if value is None else value  # ROS 1 style names: K, D, R, P
 
-    pl, pr = camera.projection_matrices()
-    out = []
-    for p, frame in ((pl, frame_left), (pr, frame_right or frame_left)):
-        m = CameraInfo()
-        m.header.frame_id = frame
-        if stamp is not None:
-            m.header.stamp = stamp
-        m.width, m.height = int(camera.width), int(camera.height)
-        m.distortion_model = "plumb_bob"
-        m.d = [0.0] * 5
-        m.k = [float(p[0, 0]), 0.0, float(p[0, 2]), 0.0, float(p[1, 1]), float(p[1, 2]), 0.0, 0.0, 1.0]
-        m.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
-        m.p = [float(v) for v in p.reshape(-1)]
-        out.append(m)
-    return out[0], out[1]
+
+def calibration_from_info(info: Any, side: str = "left",
+                          image_size: Optional[Tuple[int, int]] = None) -> CameraCalibration:
+    """One camera's calibration (for rectification) from its CameraInfo; CameraInfoError names the
+    problem (unsupported distortion model, wrong array sizes, NaN). An empty width/height takes
+    ``image_size`` (w, h)."""
+    w, h = int(getattr(info, "width", 0) or 0), int(getattr(info, "height", 0) or 0)
+    if (w, h) == (0, 0) and image_size is not None:
+        w, h = int(image_size[0]), int(image_size[1])
+    try:
+        return CameraCalibration.from_arrays(w, h, _field(info, "k"), _field(info, "d"), _field(info, "r"),
+                                             _field(info, "p"), str(getattr(info, "distortion_model", "") or ""))
+    except ValueError as e:
+        raise CameraInfoError(f"{side} camera_info {e}") from None

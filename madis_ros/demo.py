@@ -36,24 +36,22 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from madis_ros.demo_processes import NAMESPACE, OUTPUTS, Child, Receiver
 from madis_ros.transport import default_to_shared_memory, uses_tcp_transport
 
-#: Fast DDS's default transports lose most large best-effort images between processes
-#: (environment.md); every process of the demo runs on this machine, so unless the user
-#: chose a transport they all get the same-host shared-memory profile (madis_ros.transport:
-#: no TCP, whose teardown can deadlock). Not ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST:
-#: measured here, it overrides the large-data transports (0 of 8 best-effort 0.9 MB images).
-NAMESPACE = "/stereo"
-OUTPUTS = ("disparity", "depth", "points2")
+# Transport: Fast DDS's default transports lose most large best-effort images between processes
+# (environment.md); every process of the demo runs on this machine, so unless the user chose a
+# transport they all get the same-host shared-memory profile (madis_ros.transport: no TCP, whose
+# teardown can deadlock). Not ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST: measured here, it
+# overrides the large-data transports (0 of 8 best-effort 0.9 MB images).
+
 #: the pass whose figures are reported (0-based; pass 0 warms up discovery and the model)
 REPORT_PASS = 1
 
@@ -63,202 +61,21 @@ def log(msg: str = "") -> None:
 
 
 # --------------------------------------------------------------------------------------
-# child processes
-# --------------------------------------------------------------------------------------
-def _parent_death_signal():
-    """Linux: a preexec function that makes the child get SIGTERM when the demo dies, even
-    by SIGKILL (no orphaned node or player). libc is looked up here, in the parent: the
-    child (forked from a process with an rclpy thread) must not import or lock anything."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    return lambda: prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
-
-
-class Child:
-    """A child process in its own session, logging to a file, stopped on every exit path."""
-
-    def __init__(self, name: str, argv: List[str], env: Dict[str, str], log_path: Path):
-        self.name, self.argv, self.env, self.log_path = name, argv, env, log_path
-        self.proc: Optional[subprocess.Popen] = None
-
-    def start(self) -> "Child":
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True, preexec_fn=_parent_death_signal())
-        return self
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    @property
-    def returncode(self) -> Optional[int]:
-        return None if self.proc is None else self.proc.poll()
-
-    def tail(self, n: int = 25) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join("    " + line for line in lines[-n:])
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        for sig, wait in ((signal.SIGINT, 8.0), (signal.SIGTERM, 3.0), (signal.SIGKILL, 3.0)):
-            if self.proc.poll() is not None:
-                break
-            try:
-                os.killpg(self.proc.pid, sig)
-            except (ProcessLookupError, PermissionError):
-                break
-            try:
-                self.proc.wait(timeout=wait)
-            except subprocess.TimeoutExpired:
-                continue
-        try:  # grandchildren left in the group
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        if not self._log.closed:
-            self._log.close()
-
-
-# --------------------------------------------------------------------------------------
-# the receiving side (this process)
-# --------------------------------------------------------------------------------------
-class Receiver:
-    """rclpy node that records the node's outputs, the player's /clock and /diagnostics,
-    each with its steady-clock arrival time."""
-
-    def __init__(self, domain_id: int):
-        import rclpy
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
-        from rosgraph_msgs.msg import Clock
-        from sensor_msgs.msg import Image, PointCloud2
-        from stereo_msgs.msg import DisparityImage
-
-        self.ctx = rclpy.Context()
-        rclpy.init(context=self.ctx, domain_id=domain_id, signal_handler_options=rclpy.SignalHandlerOptions.NO)
-        self.node = rclpy.create_node("madis_demo_receiver", context=self.ctx)
-        self.lock = threading.Lock()
-        #: output -> stamp -> [(t_rx, msg)] (one per pass that came through)
-        self.outputs: Dict[str, Dict[int, List[tuple]]] = {k: {} for k in OUTPUTS}
-        #: bag time -> [(t_rx, pass)] for every /clock; a pass starts when the clock goes back
-        self.clock: Dict[int, List[tuple]] = {}
-        self._last_sim = -1
-        self.passes = 0
-        self.diagnostics: List[tuple] = []  # (t_rx, {key: value})
-        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        for key, cls in (("disparity", DisparityImage), ("depth", Image), ("points2", PointCloud2)):
-            self.node.create_subscription(cls, f"{NAMESPACE}/{key}", self._store(key), reliable)
-        self.node.create_subscription(Clock, "/clock", self._on_clock,
-                                      QoSProfile(depth=100, reliability=ReliabilityPolicy.BEST_EFFORT))
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, reliable)
-        self.executor = SingleThreadedExecutor(context=self.ctx)
-        self.executor.add_node(self.node)
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        try:
-            while self.ctx.ok():
-                self.executor.spin_once(timeout_sec=0.05)
-        except Exception:  # context shut down under us at exit
-            pass
-
-    def _store(self, key: str):
-        from madis_ros.bag_io import stamp_ns
-
-        def cb(msg: Any) -> None:
-            t = time.monotonic()
-            with self.lock:
-                self.outputs[key].setdefault(stamp_ns(msg.header), []).append((t, msg))
-        return cb
-
-    def _on_clock(self, msg: Any) -> None:
-        t = time.monotonic()
-        ns = int(msg.clock.sec) * 1_000_000_000 + int(msg.clock.nanosec)
-        with self.lock:
-            if ns < self._last_sim:
-                self.passes += 1
-            self._last_sim = ns
-            self.clock.setdefault(ns, []).append((t, self.passes))
-
-    def _on_diag(self, msg: Any) -> None:
-        t = time.monotonic()
-        for st in msg.status:
-            if "stereo" in st.name:
-                with self.lock:
-                    self.diagnostics.append((t, {kv.key: kv.value for kv in st.values}))
-
-    def receipts(self, key: str, stamp: int) -> List[Dict[str, Any]]:
-        """Every arrival of output ``key`` for ``stamp``: t_rx, msg, and (when the /clock of
-        that frame's publication arrived) the pass and the latency in ms."""
-        out = []
-        with self.lock:
-            pubs = list(self.clock.get(stamp, []))
-            items = list(self.outputs[key].get(stamp, []))
-        for t_rx, msg in items:
-            before = [(t, p) for t, p in pubs if t <= t_rx]
-            rec = {"t_rx": t_rx, "msg": msg, "pass": None, "latency_ms": None}
-            if before:
-                t_pub, p = max(before)
-                rec.update({"pass": p, "latency_ms": (t_rx - t_pub) * 1e3})
-            out.append(rec)
-        return out
-
-    def complete(self, stamps: List[int], min_pass: int) -> bool:
-        """Every frame has all outputs from a pass >= min_pass."""
-        for s in stamps:
-            for k in OUTPUTS:
-                if not any(r["pass"] is not None and r["pass"] >= min_pass for r in self.receipts(k, s)):
-                    return False
-        return True
-
-    def count(self) -> Dict[str, int]:
-        with self.lock:
-            return {k: sum(len(v) for v in d.values()) for k, d in self.outputs.items()}
-
-    def node_ready(self) -> bool:
-        """The node has subscribed to its inputs and its outputs are visible here."""
-        return (self.node.count_subscribers(f"{NAMESPACE}/left/image_rect") > 0
-                and self.node.count_subscribers(f"{NAMESPACE}/right/image_rect") > 0
-                and self.node.count_publishers(f"{NAMESPACE}/disparity") > 0)
-
-    def close(self) -> None:
-        import rclpy
-
-        rclpy.try_shutdown(context=self.ctx)
-        self._thread.join(timeout=5.0)
-        if uses_tcp_transport():
-            return  # a TCP participant's teardown can deadlock (madis_ros.shutdown): _exit ends it
-        try:
-            self.node.destroy_node()
-        except Exception:
-            pass
-
-
-# --------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------
 def _read_ground_truth(bag_path: Path) -> Dict[int, np.ndarray]:
     """stamp -> ground-truth disparity, read back from the bag the way ``madis-bag eval`` does."""
-    from madis_ros import bag_io
+    from madis_ros.bag.files import BagReader, deserialize
+    from madis_ros.bag.topics import detect_stereo_topics
+    from madis_ros.messages import disparity_from_msg
+    from madis_ros.msgkit import stamp_ns
 
     out: Dict[int, np.ndarray] = {}
-    with bag_io.BagReader(bag_path) as bag:
-        st = bag_io.detect_stereo_topics(bag.topics)
+    with BagReader(bag_path) as bag:
+        st = detect_stereo_topics(bag.topics)
         for conn, _, raw in bag.messages([st.gt]):
-            msg = bag_io.deserialize(raw, conn.msgtype)
-            out[bag_io.stamp_ns(msg.header)] = bag_io.disparity_to_numpy(msg)
+            msg = deserialize(raw, conn.msgtype)
+            out[stamp_ns(msg)] = disparity_from_msg(msg)
     return out
 
 
@@ -297,27 +114,21 @@ def _inference_near(diags: List[tuple], t_rx: float) -> Optional[float]:
 
 def _save_outputs(out: Path, name: str, disp: np.ndarray, depth_msg: Any, points_msg: Any,
                   max_disparity: Optional[float]) -> List[str]:
-    from madis_core.io import (colorize_disparity, depth_to_millimetres, millimetres_to_depth, write_image, write_pfm,
-                               write_ply)
-    from madis_ros.bag_io import image_to_numpy, pointcloud2_to_numpy
+    """The received messages as files, by the one output writer (``madis_core.output_files``)."""
+    from madis_core.io import millimetres_to_depth
+    from madis_core.output_files import write_outputs
+    from madis_ros.image_conversion import image_to_numpy
+    from madis_ros.messages import pointcloud2_to_numpy
 
-    files = []
-    prefix = "" if name == "motorcycle" else f"frames/{name}_"
-    (out / "frames").mkdir(exist_ok=True)
-    write_image(out / f"{prefix}disparity_color.png", colorize_disparity(disp, max_disparity=max_disparity))
-    write_pfm(out / f"{prefix}disparity.pfm", np.nan_to_num(disp, nan=np.inf))
-    files += [f"{prefix}disparity_color.png", f"{prefix}disparity.pfm"]
+    depth = pts = cols = None
     if depth_msg is not None:
         z = image_to_numpy(depth_msg)
-        z = millimetres_to_depth(z) if depth_msg.encoding == "16UC1" else z.astype(np.float32)
-        write_pfm(out / f"{prefix}depth.pfm", np.nan_to_num(z, nan=np.inf))
-        write_image(out / f"{prefix}depth_mm.png", depth_to_millimetres(z))
-        files += [f"{prefix}depth.pfm", f"{prefix}depth_mm.png"]
+        depth = millimetres_to_depth(z) if depth_msg.encoding == "16UC1" else z.astype(np.float32)
     if points_msg is not None:
         pts, cols = pointcloud2_to_numpy(points_msg)
-        write_ply(out / f"{prefix}cloud.ply", pts, cols)
-        files.append(f"{prefix}cloud.ply")
-    return files
+    prefix = "" if name == "motorcycle" else f"frames/{name}_"
+    return write_outputs(out, disp, depth=depth, points=pts, colors=cols, prefix=prefix,
+                         color_max_disparity=max_disparity)["files"]
 
 
 def _pick(receipts: List[Dict[str, Any]]) -> Optional[Dict[str, Any]]:
@@ -366,6 +177,143 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _start_node(args: argparse.Namespace, receiver: Receiver, env: Dict[str, str], out: Path, domain: int
+                ) -> Tuple[Child, bool]:
+    """The stereo node as a child process, and whether it came up (if not, after saying why)."""
+    node_params = ["use_sim_time:=true", "diagnostics_period:=0.5"]
+    for name in ("input_qos", "model", "device"):
+        if getattr(args, name):
+            node_params.append(f"{name}:={getattr(args, name)}")
+    node_argv = [sys.executable, "-m", "madis_ros.stereo_node", "--ros-args", "-r", f"__ns:={NAMESPACE}"]
+    for prm in node_params:
+        node_argv += ["-p", prm]
+    node_argv += args.node_arg
+    node = Child("node", node_argv, env, out / "node.log").start()
+    t0 = time.monotonic()
+    while not receiver.node_ready():
+        if not node.running():
+            log(f"error: the stereo node exited with status {node.returncode} before it was ready. "
+                f"Its log ({out / 'node.log'}):\n{node.tail()}")
+            return node, False
+        if time.monotonic() - t0 > args.node_timeout:
+            log(f"error: the stereo node was not ready after {args.node_timeout:g} s (no subscription on "
+                f"{NAMESPACE}/left/image_rect seen on ROS_DOMAIN_ID {domain}). Its log:\n{node.tail()}")
+            return node, False
+        time.sleep(0.1)
+    log(f"[2/4] stereo node up in {time.monotonic() - t0:.1f} s: python {' '.join(node_argv[1:])}")
+    return node, True
+
+
+def _replay(args: argparse.Namespace, receiver: Receiver, node: Child, env: Dict[str, str], out: Path,
+            bag_path: Path, stamps: List[int]) -> Child:
+    """Loop the bag into the node until every frame came through in the reported pass."""
+    player_argv = [sys.executable, "-m", "madis_ros.bag_tool", "play", str(bag_path), "--clock", "--clock-hz",
+                   "50", "--loop", "--rate", f"{args.play_rate:g}", "--wait-for-subscribers", f"{args.subscriber_wait:g}"]
+    player = Child("player", player_argv, env, out / "player.log").start()
+    log(f"[3/4] replaying the bag over DDS: madis-bag {' '.join(player_argv[3:])} (pass 1 warms up, "
+        f"figures from pass 2)")
+    t_play = time.monotonic()
+    while not receiver.complete(stamps, REPORT_PASS):
+        if not node.running():
+            log(f"warning: the stereo node exited (status {node.returncode}) during playback; its log:\n{node.tail()}")
+            break
+        if not player.running():
+            log(f"warning: the player exited (status {player.returncode}); its log:\n{player.tail()}")
+            break
+        if receiver.passes >= args.max_passes or time.monotonic() - t_play > args.play_timeout:
+            break
+        time.sleep(0.05)
+    time.sleep(0.6)  # one more /diagnostics period
+    player.stop()
+    return player
+
+
+def _frame_report(m: Dict[str, Any], receiver: Receiver, gt: Dict[int, np.ndarray], diags: List[tuple],
+                  out: Path) -> Dict[str, Any]:
+    """One frame's line of the table (printed) and its record (files saved)."""
+    from madis_core.metrics import compute_metrics
+    from madis_ros.messages import disparity_from_msg
+
+    s = m["stamp_ns"]
+    rec: Dict[str, Any] = {"name": m["name"], "stamp_ns": s}
+    picked = {k: _pick(receiver.receipts(k, s)) for k in OUTPUTS}
+    rec["received"] = [k for k in OUTPUTS if picked[k] is not None]
+    d = picked["disparity"]
+    if d is None:
+        log(f"{m['name']:<13} {'-':>4} {'no output':>10}")
+        return rec
+    same_pass = [picked[k] for k in OUTPUTS if picked[k] is not None and picked[k]["pass"] == d["pass"]]
+    rec["pass"] = None if d["pass"] is None else d["pass"] + 1
+    rec["latency_ms"] = d["latency_ms"]
+    rec["latency_all_outputs_ms"] = (max(r["latency_ms"] for r in same_pass)
+                                     if len(same_pass) == len(OUTPUTS) and d["latency_ms"] is not None else None)
+    rec["node_inference_ms"] = _inference_near(diags, d["t_rx"])
+    disp = disparity_from_msg(d["msg"])
+    met = compute_metrics(disp, gt[s]) if s in gt else None
+    rec["metrics"] = met
+    log(f"{m['name']:<13} {rec['pass'] or '?':>4} {_fmt(rec['latency_ms']):>10} "
+        f"{_fmt(rec['latency_all_outputs_ms']):>9} {_fmt(rec['node_inference_ms']):>13}   "
+        + (f"{met['bad_2']:7.2f} {met['epe']:7.3f} {met['density']:9.2f} {met['bad_1']:7.2f} {met['bad_3']:7.2f}"
+           if met else "(no ground truth)"))
+    dmax = float(np.nanmax(gt[s])) * 1.1 if s in gt and np.isfinite(gt[s]).any() else None
+    rec["files"] = _save_outputs(out, m["name"], disp, picked["depth"]["msg"] if picked["depth"] else None,
+                                 picked["points2"]["msg"] if picked["points2"] else None, dmax)
+    return rec
+
+
+def _report(args: argparse.Namespace, receiver: Receiver, manifest: List[Dict[str, Any]], gt: Dict[int, np.ndarray],
+            out: Path, domain: int, bag_path: Path, t_start: float) -> int:
+    passes = receiver.passes + 1
+    counts = receiver.count()
+    log(f"[4/4] {passes} pass(es) played; received {counts['disparity']} disparity, {counts['depth']} depth, "
+        f"{counts['points2']} points2 messages")
+    with receiver.lock:
+        diags = list(receiver.diagnostics)
+    log("")
+    log("latency: camera stamp -> disparity received (all 3: -> disparity, depth and points2 received); "
+        "node infer: the node's mean inference time in the /diagnostics window (1 s) after that frame")
+    log(f"{'frame':<13} {'pass':>4} {'latency ms':>10} {'all 3 ms':>9} {'node infer ms':>13}   {'bad-2 %':>7} "
+        f"{'EPE px':>7} {'density %':>9} {'bad-1 %':>7} {'bad-3 %':>7}")
+    frames = [_frame_report(m, receiver, gt, diags, out) for m in manifest]
+    node_info = _node_summary(diags)
+    lat = [f["latency_ms"] for f in frames if f.get("latency_ms") is not None]
+    log("")
+    log(f"model: {node_info.get('model') or args.model or '(node default)'} on {node_info.get('device') or '?'}; "
+        f"node pairs received {node_info.get('pairs_received')}, processed {node_info.get('pairs_processed')}"
+        + (f", drops {node_info['drops']}" if node_info.get("drops") else ""))
+    if "inference_ms_mean_range" in node_info:
+        lo, hi = node_info["inference_ms_mean_range"]
+        log(f"node inference time (its /diagnostics, 1-s windows): mean {lo:.1f}..{hi:.1f} ms, "
+            f"p95 up to {node_info['inference_ms_p95_max']:.1f} ms")
+    if lat:
+        log(f"latency camera stamp -> disparity received: mean {np.mean(lat):.1f} ms, max {np.max(lat):.1f} ms "
+            f"over {len(lat)} frames")
+    moto = next(f for f in frames if f["name"] == "motorcycle")
+    summary = {"model": node_info.get("model") or args.model, "device": node_info.get("device"),
+               "domain_id": domain, "bag": str(bag_path), "passes": passes, "frames": frames,
+               "node": node_info, "files": moto.get("files", [])}
+    if moto.get("metrics"):
+        mm = moto["metrics"]
+        summary["motorcycle"] = mm
+        log(f"Motorcycle (Middlebury 2014, 741x500, {int(mm['n'])} px with ground truth): bad-2 {mm['bad_2']:.2f} %"
+            f"  EPE {mm['epe']:.3f} px  density {mm['density']:.2f} %  bad-1 {mm['bad_1']:.2f} %  "
+            f"bad-3 {mm['bad_3']:.2f} %  D1 {mm['d1']:.2f} %  (holes count as errors; EPE over filled pixels)")
+        log(f"saved under {out}/: {', '.join(summary['files'])}, summary.json")
+    summary["wall_time_s"] = round(time.monotonic() - t_start, 1)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
+    if not any(f.get("received") for f in frames):
+        log(f"error: the stereo node produced no output for any of the {len(frames)} frames. Check "
+            f"{out / 'node.log'} (model errors, dropped pairs) and {out / 'player.log'}; every process must "
+            f"share ROS_DOMAIN_ID and the transport setting printed at the start.")
+        return 1
+    if not moto.get("metrics"):
+        log(f"error: no disparity for the Motorcycle frame arrived (outputs for "
+            f"{sum(1 for f in frames if f.get('received'))}/{len(frames)} frames); see {out / 'node.log'}")
+        return 1
+    log(f"demo finished in {time.monotonic() - t_start:.1f} s")
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     t_start = time.monotonic()
@@ -385,8 +333,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "(export FASTDDS_DEFAULT_PROFILES_FILE=$(python -m madis_ros.transport)), across machines "
         "FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA (see README)")
 
-    # 1. the sample bag ---------------------------------------------------------------------------
-    from madis_ros.bag_tool import write_sample_bag
+    from madis_ros.bag.sample import write_sample_bag
 
     bag_path = out / "sample_bag"
     t0 = time.monotonic()
@@ -407,142 +354,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     try:
         receiver = Receiver(domain)
-        # 2. the node ------------------------------------------------------------------------------
-        node_params = ["use_sim_time:=true", "diagnostics_period:=0.5"]
-        if args.input_qos:
-            node_params.append(f"input_qos:={args.input_qos}")
-        if args.model:
-            node_params.append(f"model:={args.model}")
-        if args.device:
-            node_params.append(f"device:={args.device}")
-        node_argv = [sys.executable, "-m", "madis_ros.stereo_node", "--ros-args", "-r", f"__ns:={NAMESPACE}"]
-        for prm in node_params:
-            node_argv += ["-p", prm]
-        node_argv += args.node_arg
-        node = Child("node", node_argv, env, out / "node.log").start()
+        node, ready = _start_node(args, receiver, env, out, domain)
         children.append(node)
-        t0 = time.monotonic()
-        while not receiver.node_ready():
-            if not node.running():
-                log(f"error: the stereo node exited with status {node.returncode} before it was ready. "
-                    f"Its log ({out / 'node.log'}):\n{node.tail()}")
-                return 1
-            if time.monotonic() - t0 > args.node_timeout:
-                log(f"error: the stereo node was not ready after {args.node_timeout:g} s (no subscription on "
-                    f"{NAMESPACE}/left/image_rect seen on ROS_DOMAIN_ID {domain}). Its log:\n{node.tail()}")
-                return 1
-            time.sleep(0.1)
-        log(f"[2/4] stereo node up in {time.monotonic() - t0:.1f} s: python {' '.join(node_argv[1:])}")
-
-        # 3. replay ---------------------------------------------------------------------------------
-        player_argv = [sys.executable, "-m", "madis_ros.bag_tool", "play", str(bag_path), "--clock", "--clock-hz",
-                       "50", "--loop", "--rate", f"{args.play_rate:g}", "--wait-for-subscribers", f"{args.subscriber_wait:g}"]
-        player = Child("player", player_argv, env, out / "player.log").start()
-        children.append(player)
-        log(f"[3/4] replaying the bag over DDS: madis-bag {' '.join(player_argv[3:])} (pass 1 warms up, "
-            f"figures from pass 2)")
-
-        # 4. receive ----------------------------------------------------------------------------------
-        stamps = [m["stamp_ns"] for m in manifest]
-        t_play = time.monotonic()
-        while not receiver.complete(stamps, REPORT_PASS):
-            if not node.running():
-                log(f"warning: the stereo node exited (status {node.returncode}) during playback; its log:\n"
-                    f"{node.tail()}")
-                break
-            if not player.running():
-                log(f"warning: the player exited (status {player.returncode}); its log:\n{player.tail()}")
-                break
-            if receiver.passes >= args.max_passes or time.monotonic() - t_play > args.play_timeout:
-                break
-            time.sleep(0.05)
-        time.sleep(0.6)  # one more /diagnostics period
-        player.stop()
-        passes = receiver.passes + 1
-        counts = receiver.count()
-        log(f"[4/4] {passes} pass(es) played; received {counts['disparity']} disparity, {counts['depth']} depth, "
-            f"{counts['points2']} points2 messages")
-        with receiver.lock:
-            diags = list(receiver.diagnostics)
-
-        # report ---------------------------------------------------------------------------------
-        from madis_core.metrics import compute_metrics
-        from madis_ros.bag_io import disparity_to_numpy
-
-        frames: List[Dict[str, Any]] = []
-        moto_files: List[str] = []
-        log("")
-        log("latency: camera stamp -> disparity received (all 3: -> disparity, depth and points2 received); "
-            "node infer: the node's mean inference time in the /diagnostics window (1 s) after that frame")
-        log(f"{'frame':<13} {'pass':>4} {'latency ms':>10} {'all 3 ms':>9} {'node infer ms':>13}   {'bad-2 %':>7} "
-            f"{'EPE px':>7} {'density %':>9} {'bad-1 %':>7} {'bad-3 %':>7}")
-        for m in manifest:
-            s = m["stamp_ns"]
-            rec: Dict[str, Any] = {"name": m["name"], "stamp_ns": s}
-            picked = {k: _pick(receiver.receipts(k, s)) for k in OUTPUTS}
-            rec["received"] = [k for k in OUTPUTS if picked[k] is not None]
-            d = picked["disparity"]
-            if d is None:
-                log(f"{m['name']:<13} {'-':>4} {'no output':>10}")
-                frames.append(rec)
-                continue
-            same_pass = [picked[k] for k in OUTPUTS if picked[k] is not None and picked[k]["pass"] == d["pass"]]
-            rec["pass"] = None if d["pass"] is None else d["pass"] + 1
-            rec["latency_ms"] = d["latency_ms"]
-            rec["latency_all_outputs_ms"] = (max(r["latency_ms"] for r in same_pass)
-                                             if len(same_pass) == len(OUTPUTS) and d["latency_ms"] is not None else None)
-            rec["node_inference_ms"] = _inference_near(diags, d["t_rx"])
-            disp = disparity_to_numpy(d["msg"])
-            met = compute_metrics(disp, gt[s]) if s in gt else None
-            rec["metrics"] = met
-            log(f"{m['name']:<13} {rec['pass'] or '?':>4} {_fmt(rec['latency_ms']):>10} "
-                f"{_fmt(rec['latency_all_outputs_ms']):>9} {_fmt(rec['node_inference_ms']):>13}   "
-                + (f"{met['bad_2']:7.2f} {met['epe']:7.3f} {met['density']:9.2f} {met['bad_1']:7.2f} {met['bad_3']:7.2f}"
-                   if met else "(no ground truth)"))
-            dmax = float(np.nanmax(gt[s])) * 1.1 if s in gt and np.isfinite(gt[s]).any() else None
-            rec["files"] = _save_outputs(out, m["name"], disp, picked["depth"]["msg"] if picked["depth"] else None,
-                                         picked["points2"]["msg"] if picked["points2"] else None, dmax)
-            if m["name"] == "motorcycle":
-                moto_files = rec["files"]
-            frames.append(rec)
-
-        node_info = _node_summary(diags)
-        lat = [f["latency_ms"] for f in frames if f.get("latency_ms") is not None]
-        log("")
-        log(f"model: {node_info.get('model') or args.model or '(node default)'} on {node_info.get('device') or '?'}; "
-            f"node pairs received {node_info.get('pairs_received')}, processed {node_info.get('pairs_processed')}"
-            + (f", drops {node_info['drops']}" if node_info.get("drops") else ""))
-        if "inference_ms_mean_range" in node_info:
-            lo, hi = node_info["inference_ms_mean_range"]
-            log(f"node inference time (its /diagnostics, 1-s windows): mean {lo:.1f}..{hi:.1f} ms, "
-                f"p95 up to {node_info['inference_ms_p95_max']:.1f} ms")
-        if lat:
-            log(f"latency camera stamp -> disparity received: mean {np.mean(lat):.1f} ms, max {np.max(lat):.1f} ms "
-                f"over {len(lat)} frames")
-        moto = next(f for f in frames if f["name"] == "motorcycle")
-        summary = {"model": node_info.get("model") or args.model, "device": node_info.get("device"),
-                   "domain_id": domain, "bag": str(bag_path), "passes": passes, "frames": frames,
-                   "node": node_info, "files": moto_files}
-        if moto.get("metrics"):
-            mm = moto["metrics"]
-            summary["motorcycle"] = mm
-            log(f"Motorcycle (Middlebury 2014, 741x500, {int(mm['n'])} px with ground truth): bad-2 {mm['bad_2']:.2f} %"
-                f"  EPE {mm['epe']:.3f} px  density {mm['density']:.2f} %  bad-1 {mm['bad_1']:.2f} %  "
-                f"bad-3 {mm['bad_3']:.2f} %  D1 {mm['d1']:.2f} %  (holes count as errors; EPE over filled pixels)")
-            log(f"saved under {out}/: {', '.join(moto_files)}, summary.json")
-        summary["wall_time_s"] = round(time.monotonic() - t_start, 1)
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, default=_json_default))
-        if not any(f.get("received") for f in frames):
-            log(f"error: the stereo node produced no output for any of the {len(frames)} frames. Check "
-                f"{out / 'node.log'} (model errors, dropped pairs) and {out / 'player.log'}; every process must "
-                f"share ROS_DOMAIN_ID and the transport setting printed at the start.")
+        if not ready:
             return 1
-        if not moto.get("metrics"):
-            log(f"error: no disparity for the Motorcycle frame arrived (outputs for "
-                f"{sum(1 for f in frames if f.get('received'))}/{len(frames)} frames); see {out / 'node.log'}")
-            return 1
-        log(f"demo finished in {time.monotonic() - t_start:.1f} s")
-        return 0
+        children.append(_replay(args, receiver, node, env, out, bag_path, [m["stamp_ns"] for m in manifest]))
+        return _report(args, receiver, manifest, gt, out, domain, bag_path, t_start)
     except KeyboardInterrupt:
         log("demo interrupted; stopping the node and the player")
         return 130

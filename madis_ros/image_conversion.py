@@ -9,15 +9,18 @@ Public API (stable; the node and the bag tools use it):
         What ``StereoEstimator.predict`` takes: HxW (mono) or HxWx3 **RGB**, uint8 or
         uint16 (bgr/bgra reordered, alpha dropped). Float encodings are refused.
     numpy_to_image(array, encoding, header=None, frame_id=None, stamp=None,
-                   step=None, is_bigendian=False, msg=None) -> sensor_msgs.msg.Image
-        Builds an rclpy Image (or fills ``msg``). ``step`` > width*bpp pads rows;
-        ``is_bigendian`` writes big-endian multi-byte pixels (both mostly for tests
-        and for replaying odd recordings).
+                   step=None, is_bigendian=False, kit=RCLPY) -> sensor_msgs/Image
+        Builds an Image of ``kit`` (``madis_ros.msgkit``: rclpy's or rosbags' classes).
+        ``step`` > width*bpp pads rows; ``is_bigendian`` writes big-endian multi-byte
+        pixels (both mostly for tests and for replaying odd recordings).
     encoding_info(encoding) -> (numpy dtype, channels)
-    set_uint8_data(msg, buf)  fills a uint8[] message field with one copy (used by outputs.py)
     ImageConversionError (ValueError): every refusal, with the reason in the text;
     UnsupportedEncodingError (a subclass) for an encoding not in the list.
-    SUPPORTED_ENCODINGS
+    SUPPORTED_ENCODINGS: every encoding encoded/decoded here (outputs too: 32FC1)
+    INPUT_ENCODINGS: the camera encodings the node takes (8/16-bit; floats are refused)
+    compressed_to_estimator_input(msg) / numpy_to_compressed(array, encoding, fmt, header, kit)
+        sensor_msgs/CompressedImage (image_transport's ``compressed``: jpeg or png, 8 or 16 bit;
+        ``image_to_estimator_input`` takes either message type)
 
 Why duck typing: the readers only touch ``height, width, encoding, is_bigendian,
 step, data``, so the same code decodes rclpy messages and the objects that
@@ -35,10 +38,7 @@ Speed (the node decodes two images and encodes three per frame; measured at 640x
 see benchmarks/node_latency.py --overhead-only): decoding an rgb8/mono8/32FC1 message is a
 zero-copy view of ``msg.data``; channel reordering (bgr8, bgra8, rgba8) goes through
 ``cv2.cvtColor`` (~0.1 ms instead of ~2 ms for numpy's strided copy). Encoding copies the
-pixels once, straight into the message's own ``array.array('B')`` (``set_uint8_data``):
-assigning ``bytes`` to an rclpy uint8[] field costs a second copy, and with
-``ROS_PYTHON_CHECK_FIELDS=1`` a per-element check (~200 ms for 1.2 MB), while
-``array.array`` and in-place ``frombytes`` stay at one memcpy (~0.05 ms for 1.2 MB).
+pixels once, straight into the message's own buffer (``msgkit.set_uint8_data``).
 """
 from __future__ import annotations
 
@@ -48,6 +48,8 @@ from typing import Any, Optional, Tuple
 
 import cv2
 import numpy as np
+
+from madis_ros.msgkit import RCLPY, MessageKit
 
 try:  # cv_bridge exists on real ROS installs, not on PyPI (the PyPI `cv-bridge` is a broken ROS 1 copy)
     from cv_bridge import CvBridge as _CvBridge  # type: ignore
@@ -77,6 +79,8 @@ _ENCODINGS = {
     "32FC1": (np.float32, 1),
 }
 SUPPORTED_ENCODINGS = tuple(_ENCODINGS)
+INPUT_ENCODINGS = tuple(e for e, (dtype, _) in _ENCODINGS.items() if np.dtype(dtype).kind == "u")
+COMPRESSED_FORMATS = ("jpeg", "png")
 
 
 class ImageConversionError(ValueError):
@@ -148,11 +152,15 @@ def image_to_numpy(msg: Any) -> np.ndarray:
 
 
 def image_to_estimator_input(msg: Any) -> np.ndarray:
-    """Decode to what the estimator takes: HxW mono or HxWx3 RGB, uint8/uint16."""
-    img = image_to_numpy(msg)
+    """Decode to what the estimator takes: HxW mono or HxWx3 RGB, uint8/uint16 (an Image, or a
+    CompressedImage, told apart by its ``format`` field)."""
+    if not hasattr(msg, "encoding") and hasattr(msg, "format"):
+        return compressed_to_estimator_input(msg)
     enc = msg.encoding
-    if img.dtype.kind == "f":
-        raise UnsupportedEncodingError(f"encoding {enc!r} is a float image; stereo input must be an 8/16-bit camera image")
+    if enc not in INPUT_ENCODINGS:
+        raise UnsupportedEncodingError(f"unsupported image encoding {enc!r} for a stereo input; supported: "
+                                       f"{', '.join(INPUT_ENCODINGS)} (8/16-bit camera images)")
+    img = image_to_numpy(msg)
     if img.ndim == 2:
         return img
     if img.shape[2] == 3 and not enc.startswith("bgr"):
@@ -171,31 +179,14 @@ def image_to_estimator_input(msg: Any) -> np.ndarray:
 _TO_RGB = {("bgr", 3): cv2.COLOR_BGR2RGB, ("bgr", 4): cv2.COLOR_BGRA2RGB, ("rgb", 4): cv2.COLOR_RGBA2RGB}
 
 
-def set_uint8_data(msg: Any, buf: Any) -> None:
-    """Put the bytes of ``buf`` (a C-contiguous array or bytes-like) into ``msg.data``
-    with a single copy, whatever ROS_PYTHON_CHECK_FIELDS says (see the module doc).
-
-    rclpy messages keep uint8[] fields as an ``array.array('B')`` that the getter returns,
-    so it is refilled in place; anything else gets a fresh array assigned."""
-    if isinstance(buf, np.ndarray):
-        buf = np.ascontiguousarray(buf).reshape(-1).view(np.uint8)
-    data = getattr(msg, "data", None)
-    if isinstance(data, array.array) and data.typecode == "B":
-        if len(data):
-            del data[:]
-        data.frombytes(buf)
-        return
-    fresh = array.array("B")
-    fresh.frombytes(buf)
-    msg.data = fresh
-
-
 def numpy_to_image(arr: np.ndarray, encoding: str, header: Any = None, frame_id: Optional[str] = None,
-                   stamp: Any = None, step: Optional[int] = None, is_bigendian: bool = False, msg: Any = None):
-    """Encode ``arr`` as a sensor_msgs/Image with ``encoding``.
+                   stamp: Any = None, step: Optional[int] = None, is_bigendian: bool = False,
+                   kit: MessageKit = RCLPY):
+    """Encode ``arr`` as a sensor_msgs/Image of ``kit`` with ``encoding``.
 
     ``arr`` must already be in the encoding's channel order and dtype (e.g. RGB uint8
-    for rgb8, float32 for 32FC1); nothing is converted silently.
+    for rgb8, float32 for 32FC1); nothing is converted silently. ``header`` (any header:
+    its stamp and frame_id are copied), then ``frame_id``/``stamp`` if given.
     """
     dtype, ch = encoding_info(encoding)
     arr = np.asarray(arr)
@@ -211,21 +202,15 @@ def numpy_to_image(arr: np.ndarray, encoding: str, header: Any = None, frame_id:
     step = row if step is None else int(step)
     if step < row:
         raise ImageConversionError(f"step {step} is smaller than one row ({row} bytes)")
-    if msg is None:
-        from sensor_msgs.msg import Image
-
-        msg = Image()
-    if header is not None:
-        msg.header = header
+    hdr = kit.copy_header(header) if header is not None else kit.header(0, "")
     if frame_id is not None:
-        msg.header.frame_id = frame_id
+        hdr.frame_id = frame_id
     if stamp is not None:
-        msg.header.stamp = stamp
+        hdr.stamp = stamp
     native_big = sys.byteorder == "big"
-    if USE_CV_BRIDGE and _BRIDGE is not None and step == row and bool(is_bigendian) == native_big:
+    if kit is RCLPY and USE_CV_BRIDGE and _BRIDGE is not None and step == row and bool(is_bigendian) == native_big:
         try:  # pragma: no cover - needs cv_bridge
-            m = _BRIDGE.cv2_to_imgmsg(np.ascontiguousarray(arr), encoding=encoding, header=msg.header)
-            return m
+            return _BRIDGE.cv2_to_imgmsg(np.ascontiguousarray(arr), encoding=encoding, header=hdr)
         except Exception:
             pass
     out_dtype = dtype.newbyteorder(">" if is_bigendian else "<")
@@ -234,8 +219,53 @@ def numpy_to_image(arr: np.ndarray, encoding: str, header: Any = None, frame_id:
         padded = np.zeros((h, step), dtype=np.uint8)
         padded[:, :row] = body
         body = padded
-    msg.height, msg.width, msg.encoding = h, w, encoding
-    msg.is_bigendian = int(bool(is_bigendian)) if dtype.itemsize > 1 else 0
-    msg.step = step
-    set_uint8_data(msg, body)
-    return msg
+    return kit.make("sensor_msgs/msg/Image", header=hdr, height=h, width=w, encoding=encoding,
+                    is_bigendian=int(bool(is_bigendian)) if dtype.itemsize > 1 else 0, step=step, data=body)
+
+
+def compressed_to_estimator_input(msg: Any) -> np.ndarray:
+    """A sensor_msgs/CompressedImage (jpeg or png, 8 or 16 bit, mono or colour) as HxW or HxWx3 RGB."""
+    fmt = str(msg.format or "")
+    if "compressedDepth" in fmt:
+        raise UnsupportedEncodingError(f"compressed format {fmt!r} (compressedDepth) is a depth image; stereo input "
+                                       f"must be jpeg or png camera images")
+    buf = _data_as_uint8(msg.data)
+    if buf.size == 0:
+        raise ImageConversionError(f"compressed image ({fmt or 'no format'}) has no data")
+    img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise ImageConversionError(f"cannot decode the compressed image (format {fmt!r}, {buf.size} bytes): "
+                                   f"not a valid {' or '.join(COMPRESSED_FORMATS)} stream")
+    if img.dtype not in (np.uint8, np.uint16):
+        raise UnsupportedEncodingError(f"compressed image decodes to {img.dtype}; stereo input must be 8/16-bit")
+    if img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
+    if img.ndim == 2:
+        return img
+    return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB if img.shape[2] == 4 else cv2.COLOR_BGR2RGB)  # OpenCV decodes BGR
+
+
+def numpy_to_compressed(arr: np.ndarray, encoding: str, fmt: str = "jpeg", header: Any = None,
+                        kit: MessageKit = RCLPY, quality: int = 80):
+    """A CompressedImage as image_transport's ``compressed`` plugin writes it: ``arr`` in
+    ``encoding`` (mono8/mono16/rgb8/bgr8...), stored as ``fmt`` (jpeg: 8-bit only; png: 8 or 16
+    bit), format field ``"<encoding>; <fmt> compressed <stored encoding>"``; ``quality`` 80 is
+    image_transport's default jpeg_quality."""
+    if fmt not in COMPRESSED_FORMATS:
+        raise ValueError(f"fmt must be one of {COMPRESSED_FORMATS}, got {fmt!r}")
+    dtype, ch = encoding_info(encoding)
+    arr = np.ascontiguousarray(arr)
+    if fmt == "jpeg" and dtype != np.uint8:
+        raise ImageConversionError(f"jpeg stores 8-bit images; {encoding} needs png")
+    if ch == 1:
+        body, stored = arr, ("mono16" if dtype == np.uint16 else "mono8")
+    else:
+        rgb = arr[..., :3] if encoding.startswith("rgb") else cv2.cvtColor(arr[..., :3], cv2.COLOR_BGR2RGB)
+        body, stored = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR), ("bgr16" if dtype == np.uint16 else "bgr8")
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)] if fmt == "jpeg" else [cv2.IMWRITE_PNG_COMPRESSION, 1]
+    ok, enc = cv2.imencode(".jpg" if fmt == "jpeg" else ".png", body, params)
+    if not ok:
+        raise ImageConversionError(f"OpenCV could not encode a {arr.shape} {arr.dtype} image as {fmt}")
+    hdr = kit.copy_header(header) if header is not None else kit.header(0, "")
+    return kit.make("sensor_msgs/msg/CompressedImage", header=hdr, format=f"{encoding}; {fmt} compressed {stored}",
+                    data=enc.reshape(-1))

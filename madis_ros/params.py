@@ -1,7 +1,7 @@
 """Every parameter of the stereo node, declared in one place, with defaults, descriptions and checks.
 
 Public API:
-    DEFAULT_MODEL                 the node's default ``model`` (change it here only)
+    DEFAULT_MODEL                 the node's default ``model`` (``madis_core.estimator.DEFAULT_MODEL``)
     PARAMS                        tuple of ParamSpec (name, default, description, choices, check)
     NodeSettings                  dataclass with one field per parameter
     settings_from_dict(values)    -> NodeSettings, validated (no ROS needed; tests, tools)
@@ -23,12 +23,13 @@ import math
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
-from madis_ros.processing import PUBLISH_RESOLUTIONS, ProcessingSettings
+from madis_core.estimator import DEFAULT_MODEL
+from madis_core.pipeline import PUBLISH_RESOLUTIONS, ProcessingSettings
+from madis_ros.calibration import RECTIFY_MODES
 
-#: the node's default model: the shipped distilled-pipeline student (madis_core/weights/student.safetensors)
-DEFAULT_MODEL = "student"
 
 QOS_CHOICES = ("sensor_data", "reliable", "system_default")
+TRANSPORTS = ("raw", "compressed")
 DEPTH_ENCODINGS = ("32FC1", "16UC1")
 
 
@@ -42,16 +43,20 @@ class ParamSpec:
     default: Any
     description: str
     choices: Optional[Tuple[Any, ...]] = None
-    #: returns an error text for a bad value, None when fine
+    #: (lowest, highest) allowed value of a number, inclusive; also the descriptor's range
+    limits: Optional[Tuple[float, float]] = None
+    #: the lowest value itself is not allowed (``> low`` instead of ``>= low``)
+    above_low: bool = False
+    #: returns an error text for a bad value, None when fine (checks beyond the limits)
     check: Optional[Callable[[Any], Optional[str]]] = None
 
-
-def _positive(v):
-    return None if v > 0 else "must be > 0"
-
-
-def _non_negative(v):
-    return None if v >= 0 else "must be >= 0"
+    def limit_error(self, v) -> Optional[str]:
+        if self.limits is None:
+            return None
+        lo, hi = self.limits
+        if (v > lo if self.above_low else v >= lo) and v <= hi:
+            return None
+        return f"must be {'>' if self.above_low else '>='} {lo:g} and <= {hi:g}, got {v:g}"
 
 
 def _json_object(v):
@@ -77,27 +82,38 @@ PARAMS: Tuple[ParamSpec, ...] = (
     ParamSpec("precision", "fp32", "Inference precision for learned models on CUDA.", choices=("fp32", "fp16", "bf16")),
     ParamSpec("runtime", "torch", "Runtime for learned models.", choices=("torch", "onnxruntime")),
     ParamSpec("max_disparity", 0.0, "Largest disparity searched/kept, in inference pixels; 0 = the model's range. "
-              "For sgbm it sets num_disparities (rounded up to a multiple of 16).", check=_non_negative),
+              "For sgbm it sets num_disparities (rounded up to a multiple of 16).", limits=(0.0, 4096.0)),
     # --- resolution ---------------------------------------------------------------------------
     ParamSpec("inference_scale", 1.0, "Resize factor applied before inference (camera_info is scaled with it).",
-              check=lambda v: None if 0 < v <= 4 else "must be in (0, 4]"),
+              limits=(0.0, 4.0), above_low=True),
     ParamSpec("inference_width", 0, "Explicit inference width in px (with inference_height); 0 = use inference_scale.",
-              check=_non_negative),
+              limits=(0, 16384)),
     ParamSpec("inference_height", 0, "Explicit inference height in px (with inference_width); 0 = use inference_scale.",
-              check=_non_negative),
+              limits=(0, 16384)),
     ParamSpec("publish_resolution", "camera", "Publish outputs at the camera's resolution or the inference resolution.",
               choices=PUBLISH_RESOLUTIONS),
     # --- synchronisation and QoS ----------------------------------------------------------------
     ParamSpec("approximate_sync", False, "Pair left/right by nearest stamps within slop instead of identical stamps "
               "(needed for cameras that are not hardware-synchronised)."),
-    ParamSpec("slop", 0.01, "Approximate sync: largest stamp difference in seconds within a pair.", check=_positive),
-    ParamSpec("queue_size", 5, "Synchroniser queue per input (messages).",
-              check=lambda v: None if 1 <= v <= 1000 else "must be in [1, 1000]"),
+    ParamSpec("slop", 0.01, "Approximate sync: largest stamp difference in seconds within a pair.",
+              limits=(0.0, 10.0), above_low=True),
+    ParamSpec("queue_size", 5, "Synchroniser queue per input (messages).", limits=(1, 1000)),
     ParamSpec("input_qos", "sensor_data", "QoS of the image and camera_info subscriptions: sensor_data (best "
               "effort; receives from reliable and best-effort publishers), reliable, or system_default.",
               choices=QOS_CHOICES),
     ParamSpec("output_qos", "reliable", "QoS of the publishers: reliable (depth 2), sensor_data or system_default.",
               choices=QOS_CHOICES),
+    # --- input images ----------------------------------------------------------------------------
+    ParamSpec("input_transport", "raw", "raw: sensor_msgs/Image on left/image_rect and right/image_rect; compressed: "
+              "sensor_msgs/CompressedImage (jpeg/png, 8 or 16 bit) on left/image_rect/compressed and "
+              "right/image_rect/compressed (image_transport's names).", choices=TRANSPORTS),
+    ParamSpec("rectify", "auto", "auto: rectify the images with their camera_info (K, D, R, P; plumb_bob, "
+              "rational_polynomial, equidistant) when D or R say they are raw; true: always; false: never "
+              "(the images are taken as rectified).", choices=RECTIFY_MODES),
+    ParamSpec("mono16_bits", 0, "Significant bits of 16-bit images (12 for a 12-bit sensor in mono16): they are "
+              "scaled to the full range before the model and the colours; 0 = measured (the highest bit seen "
+              "so far); 16 = as they are.", limits=(0, 16),
+              check=lambda v: None if v == 0 or v >= 8 else "must be 0 (measured) or 8..16"),
     # --- outputs ----------------------------------------------------------------------------------
     ParamSpec("publish_disparity", True, "Publish stereo_msgs/DisparityImage on 'disparity'."),
     ParamSpec("publish_depth", True, "Publish the depth image on 'depth'."),
@@ -109,18 +125,21 @@ PARAMS: Tuple[ParamSpec, ...] = (
     ParamSpec("frame_id", "", "Frame of the outputs; empty = the left image's frame_id (the left optical frame)."),
     # --- processing ------------------------------------------------------------------------------
     ParamSpec("confidence_threshold", 0.0, "Pixels whose confidence is below this become invalid (0 = keep all).",
-              check=lambda v: None if 0 <= v <= 1 else "must be in [0, 1]"),
-    ParamSpec("min_depth", 0.0, "Depth and points nearer than this (m) become invalid; 0 = no limit.", check=_non_negative),
-    ParamSpec("max_depth", 0.0, "Depth and points farther than this (m) become invalid; 0 = no limit.", check=_non_negative),
-    ParamSpec("cloud_decimation", 1, "Keep every n-th row and column of the point cloud.",
-              check=lambda v: None if v >= 1 else "must be >= 1"),
+              limits=(0.0, 1.0)),
+    ParamSpec("min_depth", 0.0, "Depth and points nearer than this (m) become invalid; 0 = no limit.",
+              limits=(0.0, 1e4)),
+    ParamSpec("max_depth", 0.0, "Depth and points farther than this (m) become invalid; 0 = no limit.",
+              limits=(0.0, 1e4)),
+    ParamSpec("cloud_decimation", 1, "Keep every n-th row and column of the point cloud.", limits=(1, 64)),
     ParamSpec("cloud_organized", True, "Organized cloud (rows x cols, NaN for invalid) or unorganized (valid points only)."),
     ParamSpec("cloud_color", True, "Add the rgb field from the left image to the cloud."),
     # --- monitoring ------------------------------------------------------------------------------
     ParamSpec("no_input_warn_sec", 5.0, "Warn when an input topic has been silent this long (s), naming topic and QoS.",
-              check=_positive),
-    ParamSpec("warn_throttle_sec", 5.0, "Minimum interval between repeats of the same warning (s).", check=_non_negative),
-    ParamSpec("diagnostics_period", 1.0, "Period of /diagnostics messages (s, steady clock).", check=_positive),
+              limits=(0.0, 86400.0), above_low=True),
+    ParamSpec("warn_throttle_sec", 5.0, "Minimum interval between repeats of the same warning (s).",
+              limits=(0.0, 3600.0)),
+    ParamSpec("diagnostics_period", 1.0, "Period of /diagnostics messages (s, steady clock).",
+              limits=(0.0, 3600.0), above_low=True),
 )
 
 _SPEC = {p.name: p for p in PARAMS}
@@ -144,6 +163,9 @@ class NodeSettings:
     queue_size: int
     input_qos: str
     output_qos: str
+    input_transport: str
+    rectify: str
+    mono16_bits: int
     publish_disparity: bool
     publish_depth: bool
     depth_encoding: str
@@ -161,14 +183,11 @@ class NodeSettings:
     warn_throttle_sec: float
     diagnostics_period: float
 
-    def backend_options(self) -> Dict[str, Any]:
-        """Keyword arguments for ``StereoEstimator.from_pretrained`` beyond name/device/precision/runtime."""
+    def estimator_kwargs(self) -> Dict[str, Any]:
+        """Keyword arguments for ``madis_core.estimator.build_estimator`` (model_options last)."""
         opts: Dict[str, Any] = json.loads(self.model_options) if self.model_options else {}
-        if self.model_random_init:
-            opts.setdefault("random_init", True)
-        if self.max_disparity > 0 and self.model in ("sgbm", "sgbm-3way"):
-            opts.setdefault("num_disparities", int(math.ceil(self.max_disparity / 16.0)) * 16)
-        return opts
+        return {"model": self.model, "device": self.device, "precision": self.precision, "runtime": self.runtime,
+                "max_disparity": self.max_disparity, "random_init": self.model_random_init, **opts}
 
     def processing_settings(self) -> ProcessingSettings:
         return ProcessingSettings(
@@ -177,7 +196,8 @@ class NodeSettings:
             confidence_threshold=self.confidence_threshold, max_disparity=self.max_disparity,
             min_depth=self.min_depth, max_depth=self.max_depth,
             compute_depth=self.publish_depth, compute_points=self.publish_points,
-            cloud_decimation=self.cloud_decimation, cloud_organized=self.cloud_organized, cloud_color=self.cloud_color)
+            cloud_decimation=self.cloud_decimation, cloud_organized=self.cloud_organized, cloud_color=self.cloud_color,
+            mono16_bits=self.mono16_bits)
 
 
 assert [f.name for f in fields(NodeSettings)] == [p.name for p in PARAMS], "NodeSettings and PARAMS out of step"
@@ -208,6 +228,8 @@ def settings_from_dict(values: Mapping[str, Any]) -> NodeSettings:
         value, err = _coerce(spec, values.get(spec.name, spec.default))
         if err is None and spec.choices is not None and value not in spec.choices:
             err = f"must be one of {', '.join(map(str, spec.choices))}, got {value!r}"
+        if err is None:
+            err = spec.limit_error(value)
         if err is None and spec.check is not None:
             err = spec.check(value)
         if err is not None:
@@ -223,13 +245,26 @@ def settings_from_dict(values: Mapping[str, Any]) -> NodeSettings:
     return NodeSettings(**out)
 
 
-def declare_parameters(node: Any) -> NodeSettings:
-    """Declare every parameter on ``node`` (read-only, documented) and return validated settings."""
-    from rcl_interfaces.msg import ParameterDescriptor
+def descriptor(spec: ParamSpec):
+    """The rcl ParameterDescriptor of a parameter: read-only, its description and choices, and its
+    limits as an integer or floating-point range (what ``ros2 param describe`` shows)."""
+    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
-    values = {}
-    for spec in PARAMS:
-        desc = spec.description + (f" One of: {', '.join(map(str, spec.choices))}." if spec.choices else "")
-        descriptor = ParameterDescriptor(description=desc, read_only=True, dynamic_typing=True)
-        values[spec.name] = node.declare_parameter(spec.name, spec.default, descriptor).value
+    desc = spec.description + (f" One of: {', '.join(map(str, spec.choices))}." if spec.choices else "")
+    d = ParameterDescriptor(description=desc, read_only=True, dynamic_typing=True)
+    if spec.limits is not None:
+        lo, hi = spec.limits
+        if isinstance(spec.default, int) and not isinstance(spec.default, bool):
+            d.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=1)]
+        else:
+            d.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
+    return d
+
+
+def declare_parameters(node: Any) -> NodeSettings:
+    """Validate the node's parameter overrides (every error listed at once, ParameterError), then
+    declare every parameter on ``node`` with its descriptor and return the settings."""
+    overrides = getattr(node, "_parameter_overrides", {}) or {}  # rclpy keeps them private
+    settings_from_dict({n: overrides[n].value for n in _SPEC if n in overrides})  # raises before rcl would
+    values = {spec.name: node.declare_parameter(spec.name, spec.default, descriptor(spec)).value for spec in PARAMS}
     return settings_from_dict(values)

@@ -7,12 +7,11 @@ Public API (stable):
         .received[i], .matched   counts; .dropped(i): messages of input i that left the
                                  queue without being matched (evicted by the queue bound)
         .queued(i)               messages waiting now
-        .recent_offset_ms()      smallest |stamp difference| between an arrival and a recent
-                                 stamp of another input since the last match (for the
-                                 "exact sync drops everything" warning), or None
+        .nearest_offset_ms(i, j) smallest |stamp difference| between recent stamps of inputs i
+                                 and j (for the "sync drops everything" warnings), or None
+        .reset()                 empty the queues (a stream that starts over: a bag loop)
         .backend                 "message_filters" or "madis"
     ExactTimeSynchronizer, ApproximateTimeSynchronizer: the project's own implementations.
-    stamp_ns(msg) -> int nanoseconds of msg.header.stamp (rclpy or rosbags messages)
 
 Semantics (identical to message_filters' Python TimeSynchronizer /
 ApproximateTimeSynchronizer, which are used when importable):
@@ -34,10 +33,7 @@ import threading
 from collections import deque
 from typing import Any, Callable, Deque, Dict, List, Optional
 
-
-def stamp_ns(msg: Any) -> int:
-    s = msg.header.stamp
-    return int(s.sec) * 1_000_000_000 + int(s.nanosec)
+from madis_ros.msgkit import stamp_ns
 
 
 class _QueuedSynchronizer:
@@ -126,8 +122,16 @@ class StereoSynchronizer:
         self.received = [0] * n_inputs
         self.matched = 0
         self._recent: List[Deque[int]] = [deque(maxlen=max(4, 2 * queue_size)) for _ in range(n_inputs)]
-        self._offsets: Deque[int] = deque(maxlen=64)
         self._lock = threading.Lock()
+        self._use_message_filters = use_message_filters
+        self.reset()
+
+    def reset(self) -> None:
+        """Fresh synchroniser queues: what was queued counts as dropped, the counters stay."""
+        use_message_filters, n_inputs = self._use_message_filters, self.n_inputs
+        with self._lock:
+            for d in self._recent:
+                d.clear()
         mf = _message_filters() if use_message_filters in (None, True) else None
         if use_message_filters is True and mf is None:
             raise ImportError("message_filters is not importable")
@@ -150,16 +154,12 @@ class StereoSynchronizer:
     def _on_match(self, *msgs: Any) -> None:
         with self._lock:
             self.matched += 1
-            self._offsets.clear()
         self._user_callback(*msgs)
 
     def add(self, index: int, msg: Any) -> None:
         t = stamp_ns(msg)
         with self._lock:
             self.received[index] += 1
-            others = [s for j, d in enumerate(self._recent) if j != index for s in d]
-            if others:
-                self._offsets.append(min(abs(s - t) for s in others))
             self._recent[index].append(t)
         if self._inputs is not None:
             self._inputs[index].signalMessage(msg)
@@ -170,12 +170,14 @@ class StereoSynchronizer:
         return len(self._sync.queues[index])
 
     def dropped(self, index: int) -> int:
-        """Messages of input ``index`` that left the queue unmatched (received - matched - queued)."""
+        """Messages of input ``index`` that left the queue unmatched (received - matched - queued),
+        those a ``reset`` discarded included."""
         with self._lock:
             return self.received[index] - self.matched - self.queued(index)
 
-    def recent_offset_ms(self) -> Optional[float]:
+    def nearest_offset_ms(self, i: int, j: int) -> Optional[float]:
         with self._lock:
-            if not self._offsets:
-                return None
-            return min(self._offsets) / 1e6
+            a, b = list(self._recent[i]), list(self._recent[j])
+        if not a or not b:
+            return None
+        return min(abs(x - y) for x in a for y in b) / 1e6

@@ -5,13 +5,12 @@ Public API (also used by the bag tool's tests):
     ros_env(domain_id, transport="shm", **extra) -> dict   child environment: ROS_DOMAIN_ID, the
                                                same-host shared-memory profile (or "large_data"),
                                                unbuffered Python
-    make_scene(width, height, kind="plane", disparity=24.0, seed=0) -> Scene
-                                               textured synthetic stereo pair with exact ground truth
+    make_scene(...), image_pair_messages(...), Scene   re-exported from scenes.py
     NodeProcess(params, domain_id, namespace="", name=...)     the stereo node in its own process
         .start(), .stop(), .log_text(), .wait_for_log(regex, timeout), .rss_mb(), .returncode
     ChildProcess(argv, domain_id, log_path)     any child (publisher below), same cleanup
     start_publisher(domain_id, **options) -> ChildProcess
-                                               runs ``python test/rosutil.py publish`` (a separate
+                                               runs ``python test/publisher.py`` (a separate
                                                process publishing a scene pair + camera_info)
     RosContext(domain_id)                       an rclpy context + node + background executor inside
                                                the test process: .subscribe(type, topic, qos),
@@ -21,7 +20,6 @@ Public API (also used by the bag tool's tests):
                                                -> left stamp, .prime(msgs, collector) (send until output)
     outputs_with_stamp(collector, stamp), to_time(s), clock_msg(s), RELIABLE, BEST_EFFORT
     diagnostics_values(msgs, name_part) -> dict the latest key/values of our DiagnosticStatus
-    image_pair_messages(scene, ...)             Image + CameraInfo messages for a scene
     stop_all()                                  kills every child still running (also at exit)
 
 Discovery is asymmetric: a writer can see a reader before that reader knows the writer,
@@ -44,9 +42,8 @@ holds (a lock file per id, held until this process exits), so suites running sid
 """
 from __future__ import annotations
 
-import argparse
 import atexit
-import json
+import contextlib
 import os
 import re
 import signal
@@ -55,20 +52,17 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
-
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from madis_ros.transport import apply_shared_memory_env, shared_memory_env  # noqa: E402
+from scenes import Scene, image_pair_messages, make_scene  # noqa: E402,F401  (re-exported for the tests)
 
-if __name__ != "__main__":  # the test process itself talks DDS too (conftest.py does it first); a
-    apply_shared_memory_env()  # child run as a script keeps the transport its parent chose
+apply_shared_memory_env()  # the test process itself talks DDS too (conftest.py does it first)
 LARGE_DATA_ENV = {"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA"}
 
 _CHILDREN: List["ChildProcess"] = []
@@ -121,66 +115,6 @@ def ros_env(domain_id: int, transport: str = "shm", **extra: str) -> Dict[str, s
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.update({k: str(v) for k, v in extra.items()})
     return env
-
-
-# --- synthetic scene ----------------------------------------------------------------------------------
-@dataclass
-class Scene:
-    left: np.ndarray  # uint8 HxWx3 RGB
-    right: np.ndarray
-    disparity: np.ndarray  # float32 HxW ground truth (left view)
-    camera: Any  # madis_core.camera.StereoCamera
-
-    @property
-    def depth(self) -> np.ndarray:
-        return self.camera.disparity_to_depth(self.disparity)
-
-
-def make_scene(width: int = 320, height: int = 240, kind: str = "plane", disparity: float = 24.0,
-               seed: int = 0, fx: float = 300.0, baseline: float = 0.1) -> Scene:
-    """A textured pair SGBM matches well: ``plane`` (fronto-parallel, constant integer
-    disparity) or ``slanted`` (disparity grows linearly with the row, like a floor).
-    The right image is the left texture shifted by the disparity, so the truth is exact."""
-    import cv2
-
-    from madis_core.camera import StereoCamera
-
-    rng = np.random.default_rng(seed)
-    pad = int(disparity * 2 + 8)
-    tex = rng.integers(0, 256, size=(height, width + pad, 3)).astype(np.float32)
-    tex = cv2.GaussianBlur(tex, (0, 0), 1.0)
-    tex = np.clip((tex - tex.mean()) * 2.5 + 128, 0, 255).astype(np.float32)
-    if kind == "plane":
-        disp = np.full((height, width), float(disparity), np.float32)
-    elif kind == "slanted":
-        disp = (0.6 * disparity + 0.8 * disparity * np.arange(height, dtype=np.float32)[:, None] / height
-                ) * np.ones((1, width), np.float32)
-    else:
-        raise ValueError(f"unknown scene kind {kind!r}")
-    xs = np.arange(width, dtype=np.float32)[None, :].repeat(height, 0) + pad // 2
-    ys = np.arange(height, dtype=np.float32)[:, None].repeat(width, 1)
-    left = cv2.remap(tex, xs, ys, cv2.INTER_LINEAR)
-    # right(u) = left(u + d): the point at left column u appears d px further left in the right view
-    right = cv2.remap(tex, xs + disp, ys, cv2.INTER_LINEAR)
-    cam = StereoCamera(width, height, fx, fx, (width - 1) / 2.0, (height - 1) / 2.0, baseline)
-    return Scene(left.round().astype(np.uint8), right.round().astype(np.uint8), disp.astype(np.float32), cam)
-
-
-def image_pair_messages(scene: Scene, encoding: str = "rgb8", frame: str = "left_optical", stamp: Any = None):
-    """(left Image, right Image, left CameraInfo, right CameraInfo) rclpy messages for ``scene``."""
-    from madis_ros.camera_info import camera_infos_from_stereo_camera
-    from madis_ros.image_conversion import numpy_to_image
-
-    imgs = []
-    for img in (scene.left, scene.right):
-        if encoding == "bgr8":
-            img = img[..., ::-1]
-        elif encoding == "mono8":
-            img = (img.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)).round().astype(np.uint8)
-        imgs.append(numpy_to_image(np.ascontiguousarray(img), encoding, frame_id=frame, stamp=stamp))
-    imgs[1].header.frame_id = frame.replace("left", "right")
-    li, ri = camera_infos_from_stereo_camera(scene.camera, frame, frame.replace("left", "right"), stamp=stamp)
-    return imgs[0], imgs[1], li, ri
 
 
 # --- child processes -------------------------------------------------------------------------------------
@@ -300,9 +234,24 @@ class NodeProcess(ChildProcess):
         return rc
 
 
+@contextlib.contextmanager
+def started_nodes(configs: Dict[str, "NodeProcess"], timeout: float = 90.0):
+    """Start the node processes together (their start-ups overlap), wait until each is up, yield
+    them, stop them all whatever happens."""
+    for p in configs.values():
+        p.start()
+    try:
+        for k, p in configs.items():
+            assert p.wait_for_log(r"input QoS", timeout), f"node {k} did not start:\n{p.log_text()}"
+        yield configs
+    finally:
+        for p in configs.values():
+            p.stop()
+
+
 def start_publisher(domain_id: int, transport: str = "shm", **options: Any) -> ChildProcess:
-    """A separate publisher process (see ``publish_main`` for the options)."""
-    argv = [sys.executable, str(Path(__file__).resolve()), "publish"]
+    """A separate publisher process (``test/publisher.py``; see it for the options)."""
+    argv = [sys.executable, str(Path(__file__).resolve().parent / "publisher.py")]
     for k, v in options.items():
         argv += [f"--{k.replace('_', '-')}", str(v)]
     return ChildProcess(argv, domain_id, transport=transport).start()
@@ -433,14 +382,17 @@ def outputs_with_stamp(col: "Collector", stamp: Any) -> List[Any]:
 class StereoInputs:
     """Publishers for the node's four input topics inside a RosContext (tests craft any message)."""
 
-    def __init__(self, rc: "RosContext", qos: Any = None, namespace: str = ""):
-        from sensor_msgs.msg import CameraInfo, Image
+    def __init__(self, rc: "RosContext", qos: Any = None, namespace: str = "", compressed: bool = False):
+        """``compressed``: the images go as sensor_msgs/CompressedImage on ``.../image_rect/compressed``."""
+        from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
         qos = qos or RELIABLE
         ns = namespace.rstrip("/")
         t = (lambda name: f"{ns}/{name}" if ns else name)
         self.rc = rc
-        self.img = [rc.publisher(Image, t("left/image_rect"), qos), rc.publisher(Image, t("right/image_rect"), qos)]
+        cls, suffix = (CompressedImage, "/compressed") if compressed else (Image, "")
+        self.img = [rc.publisher(cls, t(f"left/image_rect{suffix}"), qos),
+                    rc.publisher(cls, t(f"right/image_rect{suffix}"), qos)]
         self.info = [rc.publisher(CameraInfo, t("left/camera_info"), qos),
                      rc.publisher(CameraInfo, t("right/camera_info"), qos)]
         self.t = time.time()
@@ -490,76 +442,3 @@ def diagnostics_values(msgs: List[Any], name_part: str = "stereo") -> Dict[str, 
                 out["_message"] = st.message
                 return out
     return {}
-
-
-# --- the publisher process ------------------------------------------------------------------------------
-def publish_main(argv: Optional[List[str]] = None) -> int:
-    """Publish a synthetic stereo pair with camera_info at a rate; print a JSON summary at the end."""
-    p = argparse.ArgumentParser(prog="rosutil.py publish")
-    p.add_argument("--width", type=int, default=320)
-    p.add_argument("--height", type=int, default=240)
-    p.add_argument("--kind", default="plane")
-    p.add_argument("--disparity", type=float, default=24.0)
-    p.add_argument("--encoding", default="rgb8")
-    p.add_argument("--rate", type=float, default=10.0)
-    p.add_argument("--duration", type=float, default=5.0, help="seconds of publishing after the first subscriber")
-    p.add_argument("--qos", default="best_effort", choices=["best_effort", "reliable"])
-    p.add_argument("--right-offset-ms", type=float, default=0.0, help="right stamps later than left by this")
-    p.add_argument("--namespace", default="")
-    p.add_argument("--wait-subscribers", type=float, default=20.0)
-    a = p.parse_args(argv)
-
-    import rclpy
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from sensor_msgs.msg import CameraInfo, Image
-
-    rclpy.init()
-    node = rclpy.create_node("madis_test_publisher")
-    rel = ReliabilityPolicy.BEST_EFFORT if a.qos == "best_effort" else ReliabilityPolicy.RELIABLE
-    qos = QoSProfile(depth=5, reliability=rel)
-    ns = a.namespace.rstrip("/")
-    topic = (lambda t: f"{ns}/{t}" if ns else t)
-    pubs = [node.create_publisher(Image, topic("left/image_rect"), qos),
-            node.create_publisher(Image, topic("right/image_rect"), qos),
-            node.create_publisher(CameraInfo, topic("left/camera_info"), qos),
-            node.create_publisher(CameraInfo, topic("right/camera_info"), qos)]
-    scene = make_scene(a.width, a.height, a.kind, a.disparity)
-    msgs = image_pair_messages(scene, a.encoding)
-    end = time.monotonic() + a.wait_subscribers
-    while min(p.get_subscription_count() for p in pubs) == 0 and time.monotonic() < end:
-        time.sleep(0.05)
-    time.sleep(1.5)  # matched here does not mean the reader knows us yet (asymmetric discovery)
-    period = 1.0 / a.rate
-    t_next = time.monotonic()
-    t_end = t_next + a.duration
-    sent, late = 0, 0
-    offset_ns = int(round(a.right_offset_ms * 1e6))
-    while time.monotonic() < t_end:
-        now = node.get_clock().now()
-        stamp_l = now.to_msg()
-        stamp_r = (now + rclpy.duration.Duration(nanoseconds=offset_ns)).to_msg()
-        for m, st in zip(msgs, (stamp_l, stamp_r, stamp_l, stamp_r)):
-            m.header.stamp = st
-        for pub, m in zip(pubs, msgs):
-            pub.publish(m)
-        sent += 1
-        t_next += period
-        delay = t_next - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        else:
-            late += 1
-            t_next = time.monotonic()
-    print("PUBLISHED " + json.dumps({"sent": sent, "late": late, "rate": a.rate,
-                                     "achieved_hz": sent / max(a.duration, 1e-9)}), flush=True)
-    time.sleep(0.5)
-    node.destroy_node()
-    rclpy.try_shutdown()
-    return 0
-
-
-if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "publish":
-        sys.exit(publish_main(sys.argv[2:]))
-    print("usage: rosutil.py publish [options]", file=sys.stderr)
-    sys.exit(2)

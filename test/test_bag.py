@@ -17,43 +17,20 @@ import numpy as np
 import pytest
 
 from madis_core.camera import StereoCamera
-from madis_ros import bag_io
-from madis_ros.bag_io import BagError
+from madis_ros.bag import files as bagfiles
+from madis_ros.bag.files import BagError
+from madis_ros.bag.frames import iter_stereo_frames
+from madis_ros.bag.topics import detect_stereo_topics, ground_truth_disparity
+from madis_ros.camera_info import stereo_camera_from_infos
+from madis_ros.image_conversion import image_to_numpy
+from madis_ros.messages import (camera_info_msgs, disparity_from_msg, make_depth_image, make_disparity_image,
+                                make_pointcloud2, pointcloud2_to_numpy)
+from madis_ros.msgkit import ROSBAGS, stamp_ns
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bagutil import NS, T0, hdr, image, infos, synthetic_frames, write_stereo_bag  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-T0 = 1_700_000_000_000_000_000
-NS = "/cam"
-
-
-def _frames(n=3, h=160, w=352, max_disp=40.0, seed=3):
-    """Synthetic pairs with exact ground truth (uint8 RGB, float32 disparity)."""
-    from madis_core.data import SyntheticStereoGenerator
-
-    b = SyntheticStereoGenerator(height=h, width=w, max_disparity=max_disp, seed=seed).generate(n)
-    out = []
-    for i in range(n):
-        to8 = lambda t: np.clip(t.permute(1, 2, 0).numpy() * 255 + 0.5, 0, 255).astype(np.uint8)  # noqa: E731
-        out.append((to8(b["left"][i]), to8(b["right"][i]), b["disparity"][i, 0].numpy().astype(np.float32)))
-    return out
-
-
-def _write_stereo_bag(path, frames, cam, storage="mcap", reliability="reliable", gt=True, hz=5.0):
-    with bag_io.BagWriter(path, storage=storage) as w:
-        for t, ty in ((f"{NS}/left/camera_info", bag_io.CAMERA_INFO), (f"{NS}/right/camera_info", bag_io.CAMERA_INFO),
-                      (f"{NS}/left/image_rect", bag_io.IMAGE), (f"{NS}/right/image_rect", bag_io.IMAGE)):
-            w.add_topic(t, ty, reliability=reliability)
-        stamps = []
-        for i, (left, right, disp) in enumerate(frames):
-            s = T0 + int(i * 1e9 / hz)
-            li, ri = bag_io.camera_info_msgs(cam, s, "cam_left", "cam_right")
-            w.write(f"{NS}/left/camera_info", li, s)
-            w.write(f"{NS}/right/camera_info", ri, s)
-            w.write(f"{NS}/left/image_rect", bag_io.image_msg(left, s, "cam_left"), s)
-            w.write(f"{NS}/right/image_rect", bag_io.image_msg(right, s, "cam_right"), s)
-            if gt:
-                w.write(f"{NS}/gt/disparity", bag_io.disparity_msg(disp, cam, s, "cam_left", 0.0, 64.0, 1 / 256), s)
-            stamps.append(s)
-    return stamps
 
 
 # ---------------------------------------------------------------------------------------------
@@ -69,50 +46,49 @@ def test_round_trip_every_message_type(tmp_path, storage):
     disp[3:7, 5:9] = np.nan
     pts = cam.disparity_to_points(disp)
     path = tmp_path / "bag"
-    with bag_io.BagWriter(path, storage=storage) as w:
-        w.add_topic("/a/left/image_rect", bag_io.IMAGE, reliability="best_effort")
-        w.write("/a/left/image_rect", bag_io.image_msg(rgb, T0, "l"), T0)
-        w.write("/a/mono16", bag_io.image_msg(mono16, T0 + 5, "l"), T0 + 5)
-        li, ri = bag_io.camera_info_msgs(cam, T0, "l", "r")
+    with bagfiles.BagWriter(path, storage=storage) as w:
+        w.add_topic("/a/left/image_rect", bagfiles.IMAGE, reliability="best_effort")
+        w.write("/a/left/image_rect", image(rgb, T0, "l"), T0)
+        w.write("/a/mono16", image(mono16, T0 + 5, "l"), T0 + 5)
+        li, ri = infos(cam, T0, "l", "r")
         w.write("/a/left/camera_info", li, T0)
         w.write("/a/right/camera_info", ri, T0)
-        w.write("/a/disparity", bag_io.disparity_msg(disp, cam, T0, "l", 0.5, 64.0, 0.25), T0)
-        w.write("/a/points2", bag_io.pointcloud2_msg(pts, T0, "l", rgb), T0)
+        w.write("/a/disparity", make_disparity_image(disp, cam, hdr(T0, "l"), 0.5, 64.0, 0.25, kit=ROSBAGS), T0)
+        w.write("/a/points2", make_pointcloud2(pts, hdr(T0, "l"), rgb, kit=ROSBAGS), T0)
     with pytest.raises(BagError, match="exists already"):
-        bag_io.BagWriter(path, storage=storage)
+        bagfiles.BagWriter(path, storage=storage)
 
-    with bag_io.BagReader(path) as bag:
+    with bagfiles.BagReader(path) as bag:
         assert bag.storage == storage
         topics = bag.topics
         assert topics["/a/left/image_rect"].reliability == "best_effort"
         assert topics["/a/mono16"].reliability == "reliable"
-        assert topics["/a/points2"].msgtype == bag_io.POINTCLOUD2 and topics["/a/points2"].count == 1
-        msgs = {c.topic: (t, bag_io.deserialize(raw, c.msgtype)) for c, t, raw in bag.messages()}
+        assert topics["/a/points2"].msgtype == bagfiles.POINTCLOUD2 and topics["/a/points2"].count == 1
+        msgs = {c.topic: (t, bagfiles.deserialize(raw, c.msgtype)) for c, t, raw in bag.messages()}
     assert msgs["/a/mono16"][0] == T0 + 5
-    assert bag_io.stamp_ns(msgs["/a/mono16"][1].header) == T0 + 5
-    np.testing.assert_array_equal(bag_io.image_to_numpy(msgs["/a/left/image_rect"][1]), rgb)
-    np.testing.assert_array_equal(bag_io.image_to_numpy(msgs["/a/mono16"][1]), mono16)
-    assert bag_io.camera_from_infos(msgs["/a/left/camera_info"][1], msgs["/a/right/camera_info"][1]) == cam
+    assert stamp_ns(msgs["/a/mono16"][1]) == T0 + 5
+    np.testing.assert_array_equal(image_to_numpy(msgs["/a/left/image_rect"][1]), rgb)
+    np.testing.assert_array_equal(image_to_numpy(msgs["/a/mono16"][1]), mono16)
+    assert stereo_camera_from_infos(msgs["/a/left/camera_info"][1], msgs["/a/right/camera_info"][1]) == cam
     dmsg = msgs["/a/disparity"][1]
     assert (dmsg.f, dmsg.min_disparity, dmsg.max_disparity, dmsg.delta_d) == (50.0, 0.5, 64.0, 0.25)
     assert dmsg.t == pytest.approx(0.12)
-    np.testing.assert_array_equal(bag_io.disparity_to_numpy(dmsg), disp)  # NaN where NaN
-    p2, c2 = bag_io.pointcloud2_to_numpy(msgs["/a/points2"][1])
+    np.testing.assert_array_equal(disparity_from_msg(dmsg), disp)  # NaN where NaN
+    p2, c2 = pointcloud2_to_numpy(msgs["/a/points2"][1])
     np.testing.assert_array_equal(p2, pts)
     np.testing.assert_array_equal(c2, rgb)
     assert not msgs["/a/points2"][1].is_dense
 
 
 def test_builders_match_what_the_node_publishes():
-    """The output bag's messages are the node's messages: rclpy reads our CDR bytes and
-    every field equals madis_ros.outputs' rclpy message for the same arrays."""
+    """One message layer: the same builder with the rosbags kit (what a bag stores) and the
+    rclpy kit (what the node publishes) serialises to messages rclpy decodes as equal."""
     import rclpy.serialization as rs
     from sensor_msgs.msg import CameraInfo, Image, PointCloud2
     from std_msgs.msg import Header
     from stereo_msgs.msg import DisparityImage
 
-    from madis_ros import outputs
-    from madis_ros.camera_info import camera_infos_from_stereo_camera
+    from madis_ros.msgkit import RCLPY
 
     rng = np.random.default_rng(1)
     cam = StereoCamera(48, 32, 60.0, 60.0, 23.5, 15.5, 0.1, 2.0)
@@ -125,20 +101,19 @@ def test_builders_match_what_the_node_publishes():
     h = Header(frame_id="left")
     h.stamp.sec, h.stamp.nanosec = 12, 345
 
-    def same(ours, theirs, cls):
+    def same(build, cls):
+        ours, theirs = build(ROSBAGS, hdr(ns, "left")), build(RCLPY, h)
+        assert isinstance(theirs, cls) and not isinstance(ours, cls)
         # CDR padding bytes differ, so compare the decoded messages (both through CDR, so that
         # float32 fields are rounded alike)
-        mine = rs.deserialize_message(bag_io.serialize(ours), cls)
+        mine = rs.deserialize_message(bagfiles.serialize(ours), cls)
         assert mine == rs.deserialize_message(rs.serialize_message(theirs), cls), f"{cls.__name__} differs"
 
-    same(bag_io.disparity_msg(disp, cam, ns, "left", 0.0, 96.0, 1 / 16),
-         outputs.make_disparity_image(disp, cam, h, 0.0, 96.0, 1 / 16), DisparityImage)
-    same(bag_io.depth_msg(depth, ns, "left"), outputs.make_depth_image(depth, h), Image)
-    same(bag_io.pointcloud2_msg(pts, ns, "left", cols), outputs.make_pointcloud2(pts, h, cols), PointCloud2)
-    li, ri = camera_infos_from_stereo_camera(cam, "left", "right", h.stamp)
-    ours_l, ours_r = bag_io.camera_info_msgs(cam, ns, "left", "right")
-    same(ours_l, li, CameraInfo)
-    same(ours_r, ri, CameraInfo)
+    same(lambda kit, hd: make_disparity_image(disp, cam, hd, 0.0, 96.0, 1 / 16, kit=kit), DisparityImage)
+    same(lambda kit, hd: make_depth_image(depth, hd, kit=kit), Image)
+    same(lambda kit, hd: make_depth_image(depth, hd, "16UC1", kit=kit), Image)
+    same(lambda kit, hd: make_pointcloud2(pts, hd, cols, kit=kit), PointCloud2)
+    same(lambda kit, hd: camera_info_msgs(cam, hd, hd, kit=kit)[1], CameraInfo)
 
 
 def test_topic_detection_and_pairing(tmp_path):
@@ -146,41 +121,49 @@ def test_topic_detection_and_pairing(tmp_path):
     cam = StereoCamera(40, 30, 50.0, 50.0, 19.5, 14.5, 0.1)
     img = lambda: rng.integers(0, 256, (30, 40), dtype=np.uint8)  # noqa: E731
     path = tmp_path / "bag"
-    with bag_io.BagWriter(path, storage="mcap") as w:
-        li, ri = bag_io.camera_info_msgs(cam, T0, "l", "r")
-        w.write("/s/left/camera_info", li, T0)  # only once: later frames use the latest
-        w.write("/s/right/camera_info", ri, T0)
-        w.write("/s/disparity", bag_io.disparity_msg(np.ones((30, 40), np.float32), cam, T0, "l"), T0)
+
+    def side(w, name, s, with_info=True):
+        if with_info:
+            w.write(f"/s/{name}/camera_info", infos(cam, s, "l", "r")[0 if name == "left" else 1], s)
+        w.write(f"/s/{name}/image_rect", image(img(), s, name[0]), s)
+
+    with bagfiles.BagWriter(path, storage="mcap") as w:
+        w.write("/s/disparity", make_disparity_image(np.ones((30, 40), np.float32), cam, hdr(T0, "l"), 0.0, 192.0, 1 / 16, kit=ROSBAGS), T0)
         for i in range(4):
             s = T0 + i * 100_000_000
             if i != 2:  # frame 2 has no right image
-                w.write("/s/right/image_rect", bag_io.image_msg(img(), s, "r"), s)  # right before left
-            w.write("/s/left/image_rect", bag_io.image_msg(img(), s, "l"), s)
+                side(w, "right", s)  # right before left
+            side(w, "left", s)
         s = T0 + 4 * 100_000_000  # frame 4: right 3 ms late (approximate sync)
-        w.write("/s/left/image_rect", bag_io.image_msg(img(), s, "l"), s)
-        w.write("/s/right/image_rect", bag_io.image_msg(img(), s + 3_000_000, "r"), s + 3_000_000)
-        w.write("/s/left/image_raw", bag_io.image_msg(img(), s, "l"), s)
-    with bag_io.BagReader(path) as bag:
-        st = bag_io.detect_stereo_topics(bag.topics)
+        side(w, "left", s)
+        side(w, "right", s + 3_000_000)
+        side(w, "left", T0 + 5 * 100_000_000, with_info=False)  # frame 5: no camera_info at all
+        side(w, "right", T0 + 5 * 100_000_000, with_info=False)
+        w.write("/s/left/image_raw", image(img(), s, "l"), s)
+    with bagfiles.BagReader(path) as bag:
+        st = detect_stereo_topics(bag.topics)
         # image_rect wins over image_raw; a DisparityImage not named ground truth is not taken as it
         assert (st.left, st.right, st.left_info, st.right_info, st.gt) == (
             "/s/left/image_rect", "/s/right/image_rect", "/s/left/camera_info", "/s/right/camera_info", None)
-        frames, stats = bag_io.iter_stereo_frames(bag, st)
+        frames, stats = iter_stereo_frames(bag, st)
         got = [f.stamp_ns for f in frames]
         assert got == [T0, T0 + 100_000_000, T0 + 300_000_000]
-        assert (stats.left_in, stats.right_in, stats.pairs, stats.dropped_left, stats.dropped_right) == (5, 4, 3, 2, 1)
-        frames, stats = bag_io.iter_stereo_frames(bag, st, slop=0.005)
+        assert (stats.left_in, stats.right_in, stats.pairs, stats.dropped_left, stats.dropped_right) == (6, 5, 3, 3, 2)
+        frames, stats = iter_stereo_frames(bag, st, approximate=True, slop=0.005)
         frames = list(frames)
         assert [f.stamp_ns for f in frames] == [T0 + i * 100_000_000 for i in (0, 1, 3, 4)]
-        assert stats.dropped_left == 1 and frames[-1].left_info is not None
+        assert stats.dropped_left == 2 and stats.dropped_left_info == 1  # frames 2 and 5; frame 2's camera_info
+        # every frame carries the camera_info of its own stamps (never the latest of another frame)
+        assert all(stamp_ns(f.left_info) == stamp_ns(f.left) and stamp_ns(f.right_info) == stamp_ns(f.right)
+                   for f in frames)
         with pytest.raises(BagError, match="--gt-topic"):
-            bag_io.detect_stereo_topics(bag.topics, gt="/s/nope")
-        assert bag_io.detect_stereo_topics(bag.topics, gt="/s/disparity").gt_type == bag_io.DISPARITY
-        assert bag_io.detect_stereo_topics(bag.topics, left="/s/left/image_raw").left == "/s/left/image_raw"
-    topics = {t: bag_io.TopicInfo(t, bag_io.IMAGE, 1, None) for t in ("/a/left/image", "/b/left/image",
+            detect_stereo_topics(bag.topics, gt="/s/nope")
+        assert detect_stereo_topics(bag.topics, gt="/s/disparity").gt_type == bagfiles.DISPARITY
+        assert detect_stereo_topics(bag.topics, left="/s/left/image_raw").left == "/s/left/image_raw"
+    topics = {t: bagfiles.TopicInfo(t, bagfiles.IMAGE, 1, None) for t in ("/a/left/image", "/b/left/image",
                                                                       "/a/right/image")}
     with pytest.raises(BagError, match="several candidate left image topics .*--left-topic"):
-        bag_io.detect_stereo_topics(topics)
+        detect_stereo_topics(topics)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,10 +175,10 @@ def test_eval_reproduces_madis_evaluate_and_writes_output_bag(tmp_path):
     from madis_core.evaluate import evaluate
     from madis_ros.bag_tool import main
 
-    frames = _frames()
+    frames = synthetic_frames()
     cam = StereoCamera(352, 160, 200.0, 200.0, 175.5, 79.5, 0.1, 0.0)
     bag = tmp_path / "in_bag"
-    stamps = _write_stereo_bag(bag, frames, cam, "mcap")
+    stamps = write_stereo_bag(bag, frames, cam, "mcap")
     out_json, out_bag = tmp_path / "eval.json", tmp_path / "out_bag"
     assert main(["eval", str(bag), "--model", "sgbm", "--json", str(out_json), "--output-bag", str(out_bag),
                  "--output-storage", "sqlite3"]) == 0
@@ -210,22 +193,22 @@ def test_eval_reproduces_madis_evaluate_and_writes_output_bag(tmp_path):
         assert s["metrics"][k] == pytest.approx(ref[k], rel=1e-9, abs=1e-9), k
     assert 0 < s["metrics"]["density"] < 100
 
-    with bag_io.BagReader(out_bag) as ob:
+    with bagfiles.BagReader(out_bag) as ob:
         assert ob.storage == "sqlite3"
         t = ob.topics
         assert {f"{NS}/disparity", f"{NS}/depth", f"{NS}/points2"} <= set(t)
         assert all(t[k].count == 3 for k in (f"{NS}/disparity", f"{NS}/depth", f"{NS}/points2", f"{NS}/gt/disparity"))
         first = {}
         for c, _, raw in ob.messages([f"{NS}/disparity", f"{NS}/depth", f"{NS}/points2"]):
-            m = bag_io.deserialize(raw, c.msgtype)
-            if bag_io.stamp_ns(m.header) == stamps[0]:
+            m = bagfiles.deserialize(raw, c.msgtype)
+            if stamp_ns(m) == stamps[0]:
                 first[c.topic.rsplit("/", 1)[1]] = m
     pred = est.predict(frames[0][0], frames[0][1]).disparity
-    got = bag_io.disparity_to_numpy(first["disparity"])
-    np.testing.assert_array_equal(np.isnan(got), ~np.isfinite(pred) | (pred < est.min_disparity))
+    got = disparity_from_msg(first["disparity"])
+    np.testing.assert_array_equal(np.isnan(got), ~np.isfinite(pred) | (pred < est.meta.min_disparity))
     np.testing.assert_allclose(got[np.isfinite(got)], pred[np.isfinite(got)])
-    np.testing.assert_allclose(bag_io.image_to_numpy(first["depth"]), cam.disparity_to_depth(got), rtol=1e-6)
-    pts, cols = bag_io.pointcloud2_to_numpy(first["points2"])
+    np.testing.assert_allclose(image_to_numpy(first["depth"]), cam.disparity_to_depth(got), rtol=1e-6)
+    pts, cols = pointcloud2_to_numpy(first["points2"])
     assert pts.shape == (160, 352, 3) and cols is not None
     np.testing.assert_array_equal(cols, frames[0][0])
 
@@ -233,20 +216,20 @@ def test_eval_reproduces_madis_evaluate_and_writes_output_bag(tmp_path):
 def test_eval_sqlite3_cli_without_rclpy_and_with_depth_ground_truth(tmp_path):
     """The console entry point on a sqlite3 bag whose ground truth is a 16UC1 depth image,
     in a Python where rclpy cannot be imported (pip users without ROS)."""
-    frames = _frames(n=2, seed=5)
+    frames = synthetic_frames(n=2, seed=5)
     cam = StereoCamera(352, 160, 200.0, 200.0, 175.5, 79.5, 0.1, 0.0)
     bag = tmp_path / "bag"
-    stamps = _write_stereo_bag(bag, frames, cam, "sqlite3", gt=False)
+    stamps = write_stereo_bag(bag, frames, cam, "sqlite3", gt=False)
     # a second bag with the ground truth as depth in millimetres (what a simulator might record)
     bag2 = tmp_path / "bag2"
-    with bag_io.BagReader(bag) as src, bag_io.BagWriter(bag2, storage="sqlite3") as w:
+    with bagfiles.BagReader(bag) as src, bagfiles.BagWriter(bag2, storage="sqlite3") as w:
         for c in src.connections:
             w.copy_topic(c)
         for c, t, raw in src.messages():
             w.write_raw(c.topic, raw, t)
         for (_, _, d), s in zip(frames, stamps):
             mm = np.where(np.isfinite(d), np.rint(cam.disparity_to_depth(d) * 1000), 0).astype(np.uint16)
-            w.write(f"{NS}/ground_truth/depth", bag_io.image_msg(mm, s, "cam_left", "16UC1"), s)
+            w.write(f"{NS}/ground_truth/depth", image(mm, s, "cam_left", "16UC1"), s)
     code = ("import sys; sys.modules['rclpy'] = None\n"
             "from madis_ros.bag_tool import main\n"
             f"sys.exit(main(['eval', {str(bag2)!r}, '--model', 'sgbm', '--json', {str(tmp_path / 'e.json')!r}]))")
@@ -272,10 +255,10 @@ def test_eval_sqlite3_cli_without_rclpy_and_with_depth_ground_truth(tmp_path):
 def test_broken_bags_give_clear_errors_and_never_hang(tmp_path, capsys):
     from madis_ros.bag_tool import main
 
-    frames = _frames(n=2, seed=7)
+    frames = synthetic_frames(n=2, seed=7)
     cam = StereoCamera(352, 160, 200.0, 200.0, 175.5, 79.5, 0.1, 0.0)
     good = tmp_path / "good"
-    _write_stereo_bag(good, frames, cam, "mcap")
+    write_stereo_bag(good, frames, cam, "mcap")
     mcap_file = next(good.glob("*.mcap"))
 
     truncated = tmp_path / "truncated"
@@ -292,7 +275,7 @@ def test_broken_bags_give_clear_errors_and_never_hang(tmp_path, capsys):
     (scrambled / mcap_file.name).write_bytes(bytes(data))
 
     db = tmp_path / "db"
-    _write_stereo_bag(db, frames, cam, "sqlite3")
+    write_stereo_bag(db, frames, cam, "sqlite3")
     db_file = next(db.glob("*.db3"))
     raw = bytearray(db_file.read_bytes())
     raw[len(raw) // 4: len(raw) // 2] = b"\xff" * (len(raw) // 2 - len(raw) // 4)
@@ -321,60 +304,6 @@ def test_broken_bags_give_clear_errors_and_never_hang(tmp_path, capsys):
     assert main(["eval", str(good), "--model", "sgbm"]) == 0
 
 
-# ---------------------------------------------------------------------------------------------
-# madis-bag play over DDS into the real node
-# ---------------------------------------------------------------------------------------------
-def test_best_effort_recording_reaches_the_node_with_its_default_qos(tmp_path):
-    """Issue 6: a bag recorded best effort, replayed as recorded (--qos auto), reaches the
-    node with its default QoS (sensor_data); the same replay does not reach a node that
-    subscribes reliably (the classic silent failure, so this test can fail)."""
-    sys.path.insert(0, str(REPO / "test"))
-    from rosgraph_msgs.msg import Clock
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
-    from stereo_msgs.msg import DisparityImage
-
-    from rosutil import ChildProcess, NodeProcess, RosContext, free_domain, make_scene
-
-    scenes = [make_scene(320, 240, "plane", disparity=20.0 + 2 * i, seed=i) for i in range(6)]
-    bag = tmp_path / "best_effort_bag"
-    stamps = _write_stereo_bag(bag, [(s.left, s.right, s.disparity) for s in scenes], scenes[0].camera,
-                               "mcap", reliability="best_effort", gt=False, hz=4.0)
-    domain = free_domain()
-    with RosContext(domain) as ros:
-        got = ros.subscribe(DisparityImage, f"{NS}/disparity")
-        got_reliable = ros.subscribe(DisparityImage, "/reliable_node/disparity")
-        clock = ros.subscribe(Clock, "/clock", QoSProfile(depth=50, reliability=ReliabilityPolicy.BEST_EFFORT))
-        default_node = NodeProcess({"model": "sgbm"}, domain, namespace=NS, name="default_node").start()
-        reliable_node = NodeProcess({"model": "sgbm", "input_qos": "reliable"}, domain, namespace=NS,
-                                    name="reliable_node",
-                                    extra_args=["-r", "disparity:=/reliable_node/disparity"]).start()
-        try:
-            assert ros.wait_for(lambda: ros.node.count_subscribers(f"{NS}/left/image_rect") >= 2
-                                and ros.node.count_subscribers(f"{NS}/right/camera_info") >= 2, 90), \
-                default_node.log_text() + reliable_node.log_text()
-            player = ChildProcess([sys.executable, "-m", "madis_ros.bag_tool", "play", str(bag), "--clock",
-                                   "--wait-for-subscribers", "30"], domain).start()
-            assert player.wait(90) == 0, player.log_text()
-            assert "recorded: best_effort" in player.log_text()
-            ros.wait_for(lambda: len(got) >= len(stamps), 20)
-            received = {bag_io.stamp_ns(m.header) for m in got.msgs}
-            assert received, ("the default-QoS node got nothing from a best-effort replay\n"
-                              + default_node.log_text())
-            assert received <= set(stamps)
-            assert len(received) >= len(stamps) // 2, (sorted(received), default_node.log_text())
-            assert len(got_reliable) == 0, "a reliable subscription received a best-effort replay"
-            sims = [m.clock.sec * 10**9 + m.clock.nanosec for m in clock.msgs]
-            # /clock carries bag time, and exactly each frame's stamp when that frame goes out
-            assert sims and stamps[0] <= min(sims) and max(sims) <= stamps[-1] and set(stamps) & set(sims)
-            d = bag_io.disparity_to_numpy(got.msgs[0])
-            scene = scenes[stamps.index(bag_io.stamp_ns(got.msgs[0].header))]
-            inner = d[20:-20, 100:-20]
-            assert np.nanmedian(np.abs(inner - scene.disparity[20:-20, 100:-20])) < 0.5
-        finally:
-            default_node.stop()
-            reliable_node.stop()
-
-
 def test_record_sample_writes_motorcycle_with_its_calibration(tmp_path, capsys):
     from madis_core.data import MOTORCYCLE_CAMERA, load_motorcycle
     from madis_ros.bag_tool import main
@@ -385,28 +314,28 @@ def test_record_sample_writes_motorcycle_with_its_calibration(tmp_path, capsys):
     assert main(["info", str(out)]) == 0
     assert "stereo topics: left=/stereo/left/image_rect" in capsys.readouterr().out
     moto = load_motorcycle()
-    with bag_io.BagReader(out) as bag:
+    with bagfiles.BagReader(out) as bag:
         assert bag.storage == "sqlite3"
         topics = bag.topics
         assert all(i.count == 2 and i.reliability == "best_effort" for i in topics.values()), topics
-        st = bag_io.detect_stereo_topics(topics)
+        st = detect_stereo_topics(topics)
         assert st.gt == "/stereo/ground_truth/disparity"
-        frames = list(bag_io.iter_stereo_frames(bag, st)[0])
+        frames = list(iter_stereo_frames(bag, st)[0])
     assert [f.stamp_ns - frames[0].stamp_ns for f in frames] == [0, 250_000_000]
     last = frames[-1]  # Motorcycle comes last
-    np.testing.assert_array_equal(bag_io.image_to_numpy(last.left), moto["left"])
-    np.testing.assert_array_equal(bag_io.image_to_numpy(last.right), moto["right"])
+    np.testing.assert_array_equal(image_to_numpy(last.left), moto["left"])
+    np.testing.assert_array_equal(image_to_numpy(last.right), moto["right"])
     assert last.left.encoding == "rgb8" and last.left.header.frame_id == "stereo_left_optical_frame"
     p_right = np.asarray(last.right_info.p).reshape(3, 4)
     assert p_right[0, 0] == pytest.approx(994.978) and p_right[0, 2] == pytest.approx(311.193 + 31.086)
     assert p_right[0, 3] == pytest.approx(-994.978 * 0.193001)
-    cam = bag_io.camera_from_infos(last.left_info, last.right_info)
+    cam = stereo_camera_from_infos(last.left_info, last.right_info)
     for k in ("width", "height", "fx", "fy", "cx", "cy", "baseline", "doffs"):
         assert getattr(cam, k) == pytest.approx(getattr(MOTORCYCLE_CAMERA, k), rel=1e-12), k
-    gt, kind = bag_io.ground_truth_disparity(last.gt, st.gt, MOTORCYCLE_CAMERA)
+    gt, kind = ground_truth_disparity(last.gt, st.gt, MOTORCYCLE_CAMERA)
     assert kind == "disparity"
     np.testing.assert_array_equal(gt, moto["disparity"])
-    synth = bag_io.image_to_numpy(frames[0].left)
+    synth = image_to_numpy(frames[0].left)
     assert synth.shape == (500, 741, 3) and synth.std() > 10
 
 
@@ -414,17 +343,18 @@ def test_eval_takes_the_node_params_file(tmp_path):
     """``--params-file`` gives eval the node's exact settings; command-line options win."""
     import yaml
 
-    from madis_ros.bag_tool import build_estimator, node_settings
+    from madis_core.estimator import build_estimator
+    from madis_ros.bag.evaluate import node_settings
 
     f = tmp_path / "params.yaml"
     f.write_text(yaml.safe_dump({"madis_stereo": {"ros__parameters": {"model": "sgbm", "max_disparity": 64,
                                                                          "inference_scale": 0.5}}}))
     s = node_settings(params_file=str(f), overrides={"inference_scale": None})
     assert (s.model, s.max_disparity, s.inference_scale) == ("sgbm", 64.0, 0.5)
-    assert build_estimator(s).max_disparity <= 64
+    assert build_estimator(**s.estimator_kwargs()).meta.max_disparity <= 64
     assert node_settings(params_file=str(f), overrides={"inference_scale": 1.0}).inference_scale == 1.0
     f.write_text("model: sgbm\n")
     with pytest.raises(BagError, match="ros__parameters"):
         node_settings(params_file=str(f))
     with pytest.raises(ValueError, match="inference_scale"):
-        node_settings(model="sgbm", overrides={"inference_scale": -1.0})
+        node_settings(overrides={"model": "sgbm", "inference_scale": -1.0})

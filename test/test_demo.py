@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from madis_core.pipeline import ProcessingSettings, StereoFrameProcessor
 from madis_ros.params import DEFAULT_MODEL
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -71,12 +72,14 @@ def test_demo_end_to_end(tmp_path):
     assert moto["received"] == ["disparity", "depth", "points2"]
     assert moto["latency_ms"] is not None and 0 < moto["latency_ms"] < 30_000
 
-    # What came back over DDS equals the same model run here on the same pair: nothing in the
-    # bag, the transport or the conversions changed a pixel (float sums may differ in the last
-    # bits between thread counts, hence the small tolerance).
+    # What came back over DDS equals the same model and frame pipeline run here on the same pair
+    # (disparities pointing outside the right image invalid): nothing in the bag, the transport
+    # or the conversions changed a pixel (float sums may differ in the last bits between thread
+    # counts, hence the small tolerance).
     sample = load_motorcycle()
     est = StereoEstimator.from_pretrained(DEFAULT_MODEL, device="cpu")
-    ref = compute_metrics(est.predict(sample["left"], sample["right"]).disparity, sample["disparity"])
+    ours = StereoFrameProcessor(est, ProcessingSettings()).process(sample["left"], sample["right"], sample["camera"])
+    ref = compute_metrics(ours.disparity, sample["disparity"])
     for k in ("bad_1", "bad_2", "bad_3", "density", "n"):
         assert summary["motorcycle"][k] == pytest.approx(ref[k], abs=0.02), k
     assert summary["motorcycle"]["epe"] == pytest.approx(ref["epe"], rel=1e-3)
@@ -103,8 +106,9 @@ def test_demo_end_to_end(tmp_path):
 
 
 def test_demo_fails_clearly_when_the_node_produces_nothing(tmp_path):
-    """The node runs but never gets a camera_info (remapped away), so it drops every pair:
-    the demo must say so and exit non-zero, in bounded time, leaving no process behind."""
+    """The node runs but never gets a left camera_info (remapped away), so no frame is ever
+    synchronised (never another frame's calibration): the node names the missing topic, the
+    demo says it got nothing and exits non-zero, in bounded time, leaving no process behind."""
     out = tmp_path / "demo_fail"
     t0 = time.monotonic()
     r = _run_demo(out, free_domain(), "--synthetic-frames", "0", "--play-rate", "2", "--max-passes", "2",
@@ -116,5 +120,7 @@ def test_demo_fails_clearly_when_the_node_produces_nothing(tmp_path):
     assert time.monotonic() - t0 < 100
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames"][0]["received"] == []
-    assert "no_camera_info" in summary["node"]["drops"]
+    assert summary["node"]["pairs_processed"] in ("0", None)
+    log = (out / "node.log").read_text()
+    assert "images arrive on /stereo/left/image_rect but no camera_info on /nowhere" in log, log[-3000:]
     _no_leftover_processes(out)

@@ -64,7 +64,7 @@ def test_non_array_input_raises(sgbm):
 
 
 def test_unknown_name_and_bad_weights(tmp_path):
-    with pytest.raises(ValueError, match="neither a backend"):
+    with pytest.raises(ValueError, match="neither a registered model"):
         StereoEstimator.from_pretrained("no-such-model")
     bogus = tmp_path / "bogus.safetensors"
     bogus.write_bytes(b"this is not a checkpoint")
@@ -84,7 +84,7 @@ def test_cuda_request_without_cuda_is_clear():
 
     if torch.cuda.is_available():
         pytest.skip("CUDA present")
-    from madis_core.estimator import resolve_device
+    from madis_core.backends.base import resolve_device
 
     assert resolve_device("auto") == "cpu"
     with pytest.raises(RuntimeError, match="CUDA is not available"):

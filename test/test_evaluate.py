@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from madis_core.data import build_dataset
-from madis_core.estimator import StereoBackend, StereoEstimator, StereoResult
-from madis_core.evaluate import evaluate, format_table, sgbm_disparities
+from madis_core.backends.base import StereoBackend, StereoResult
+from madis_core.estimator import StereoEstimator, build_estimator
+from madis_core.evaluate import evaluate, format_table, search_range
 
 
 class GroundTruthBackend(StereoBackend):
@@ -51,7 +52,7 @@ def test_evaluate_scores_exactly_what_the_estimator_predicts(synth):
 
 
 def test_evaluate_sgbm_real_backend(synth):
-    est = StereoEstimator.from_pretrained("sgbm", num_disparities=sgbm_disparities(synth))
+    est = build_estimator("sgbm", max_disparity=search_range(synth))
     r = evaluate(est, synth)
     assert 0 < r["density"] < 100 and r["epe"] > 0 and 0 < r["bad_2"] <= 100
     assert r["bad_0.5"] >= r["bad_1"] >= r["bad_2"] >= r["bad_3"]
@@ -60,8 +61,10 @@ def test_evaluate_sgbm_real_backend(synth):
 
 
 def test_sgbm_search_range_follows_the_dataset(synth):
-    assert sgbm_disparities(synth) == 192
-    assert sgbm_disparities(build_dataset("motorcycle")) == 128
+    assert search_range(synth) == 192
+    assert search_range(build_dataset("motorcycle")) == 128
+    assert build_estimator("sgbm", max_disparity=search_range(synth)).meta.max_disparity == 191
+    assert build_estimator("sgbm-3way", max_disparity=search_range(build_dataset("motorcycle"))).meta.max_disparity == 127
 
 
 def test_format_table():

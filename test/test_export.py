@@ -10,7 +10,7 @@ import torch
 from madis_core.checkpoint import save_weights
 from madis_core.estimator import StereoEstimator, list_backends
 from madis_core.export import export_onnx, export_torchscript
-from madis_core.models import build_model
+from madis_core.models import ModelMeta, build_model, register_model
 
 torch.set_num_threads(1)
 
@@ -83,7 +83,7 @@ def test_onnxruntime_backend_matches_torch_backend(trained_like_student, tmp_pat
     assert "onnxruntime" in list_backends()
     est_torch = StereoEstimator.from_pretrained(str(weights), device="cpu")
     est_onnx = StereoEstimator.from_pretrained(str(weights), device="cpu", runtime="onnxruntime", threads=1)
-    assert est_onnx.name == "student" and est_onnx.device == "cpu" and est_onnx.max_disparity == 192
+    assert est_onnx.name == "student" and est_onnx.device == "cpu" and est_onnx.meta.max_disparity == 192
     cached = list((tmp_path / "cache" / "onnx").glob("student-*.onnx"))
     assert len(cached) == 1
     rng = np.random.default_rng(1)
@@ -122,10 +122,8 @@ def test_madis_export_command(tmp_path, capsys):
 
 
 class ShapeBakingStereo(torch.nn.Module):
-    """A toy model whose trace bakes the input width in (like MaDis' RoPE tables)."""
-
-    size_divisor = 16
-    max_disparity = 64.0
+    """A toy model whose trace bakes the input width in (like MaDis' RoPE tables), registered
+    like every exportable model (its metadata travels in the ONNX file)."""
 
     def forward(self, left, right):
         w = int(left.shape[-1])  # a Python int: the ONNX trace keeps this size as a constant
@@ -134,10 +132,14 @@ class ShapeBakingStereo(torch.nn.Module):
         return {"disparity": disp, "confidence": torch.sigmoid(disp)}
 
 
+register_model("test-shape-baking", family="test", meta=ModelMeta(family="test", size_divisor=16, max_disparity=64.0,
+                                                                   has_confidence=True))(ShapeBakingStereo)
+
+
 def test_fixed_size_exports_for_models_without_dynamic_shapes(tmp_path):
     """A model that cannot take other sizes refuses a dynamic export; a fixed-size export
     runs in the onnxruntime backend at that size and says so clearly at any other."""
-    net = ShapeBakingStereo().eval()
+    net = build_model("test-shape-baking").eval()
     with pytest.raises(RuntimeError, match="does not export with dynamic shapes"):
         export_onnx(net, tmp_path / "dyn.onnx", 64, 128, dynamic=True)
     assert not (tmp_path / "dyn.onnx").exists()

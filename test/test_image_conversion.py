@@ -74,8 +74,11 @@ def test_estimator_input_is_rgb_without_alpha():
     out = image_to_estimator_input(numpy_to_image(m16, "mono16", is_bigendian=True))
     assert out.dtype == np.uint16
     np.testing.assert_array_equal(out, m16)
-    with pytest.raises(UnsupportedEncodingError, match="float image"):
+    # the message lists only what a stereo input can be (issue 15: it listed 32FC1)
+    with pytest.raises(UnsupportedEncodingError, match=r"encoding '32FC1' for a stereo input; supported: mono8, .*bgra16 "
+                                                       r"\(8/16-bit camera images\)$") as e:
         image_to_estimator_input(numpy_to_image(random_image("32FC1"), "32FC1"))
+    assert "32FC1" not in str(e.value).split("supported:")[1]
 
 
 def test_rosbags_messages_decode_identically():

@@ -16,7 +16,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rosutil import (BEST_EFFORT, RELIABLE, NodeProcess, RosContext, StereoInputs, clock_msg, free_domain,  # noqa: E402
-                     diagnostics_values, image_pair_messages, make_scene, outputs_with_stamp, start_publisher)
+                     diagnostics_values, image_pair_messages, make_scene, outputs_with_stamp, start_publisher,
+                     started_nodes)
 
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.qos import QoSProfile  # noqa: E402
@@ -25,7 +26,7 @@ from sensor_msgs.msg import Image, PointCloud2  # noqa: E402
 from stereo_msgs.msg import DisparityImage  # noqa: E402
 
 from madis_ros.image_conversion import image_to_numpy  # noqa: E402
-from madis_ros.outputs import disparity_from_msg, pointcloud2_to_numpy  # noqa: E402
+from madis_ros.messages import disparity_from_msg, pointcloud2_to_numpy  # noqa: E402
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -50,17 +51,9 @@ PARAMS_E = {"model": "student-lite", "model_random_init": True, "device": "auto"
 @pytest.fixture(scope="module")
 def nodes():
     """The node configurations, started together so their start-ups overlap."""
-    procs = {"A": NodeProcess(PARAMS_A, DOMAIN_A), "B": NodeProcess(PARAMS_B, DOMAIN_B),
-             "D": NodeProcess(PARAMS_D, DOMAIN_D), "E": NodeProcess(PARAMS_E, DOMAIN_E)}
-    for p in procs.values():
-        p.start()
-    try:
-        for k, p in procs.items():
-            assert p.wait_for_log(r"input QoS", 60), f"node {k} did not start:\n{p.log_text()}"
+    with started_nodes({"A": NodeProcess(PARAMS_A, DOMAIN_A), "B": NodeProcess(PARAMS_B, DOMAIN_B),
+                        "D": NodeProcess(PARAMS_D, DOMAIN_D), "E": NodeProcess(PARAMS_E, DOMAIN_E)}, 60) as procs:
         yield procs
-    finally:
-        for p in procs.values():
-            p.stop()
 
 
 def diag(col):
@@ -227,8 +220,8 @@ def test_exact_sync_warns_about_unsynchronised_cameras(nodes):
             inp.send(image_pair_messages(scene), right_offset_ms=5.0)
             sent += 1
             time.sleep(0.1)
-        m = node.wait_for_log(r"exact time sync \(approximate_sync=false\) is dropping pairs: left and right stamps "
-                              r"never match \(nearest stamps ([\d.]+) ms apart\).*approximate_sync:=true", 5)
+        m = node.wait_for_log(r"exact time sync \(approximate_sync=false\) is dropping every frame: left and right "
+                              r"stamps never match \(nearest stamps ([\d.]+) ms apart\).*approximate_sync:=true", 5)
         assert m, node.log_text()[-3000:]
         assert float(m.group(1)) == pytest.approx(5.0, abs=0.5)
         assert len(disp) == 0
@@ -251,8 +244,9 @@ def test_approximate_sync_sim_time_half_resolution_16uc1_and_unorganized_cloud(n
         inp.t = 1000.0  # sim time: stamps near t = 1000 s, far from the wall clock
         clock.publish(clock_msg(1000.0))
 
-        # images without camera_info first: dropped, counted, named
-        pattern = r"\(no_camera_info\): no camera_info received yet on /left/camera_info, /right/camera_info"
+        # images without camera_info first: never a frame (no other frame's calibration), counted, named
+        pattern = (r"is dropping every frame: images arrive on /left/image_rect but no camera_info on "
+                   r"/left/camera_info \(each image needs its camera_info with the same stamp")
         end = time.monotonic() + 15
         while time.monotonic() < end and not node.wait_for_log(pattern, 0):
             inp.send(image_pair_messages(scene), infos=False, right_offset_ms=5.0)
@@ -268,15 +262,16 @@ def test_approximate_sync_sim_time_half_resolution_16uc1_and_unorganized_cloud(n
         def settled():
             d = diag(diags)
             return (d.get("pairs_pending") == "0" and d.get("pairs_in_progress") == "0"
-                    and int(d["pairs_received"]) >= 6 + int(d["dropped_no_camera_info"])
+                    and int(d["pairs_received"]) >= 6
                     and any(a.header.stamp.sec >= 1000 for a in diags.msgs))
         assert rc.wait_for(settled, 6), diag(diags)
         d = diag(diags)
         diag_stamp = diags.msgs[-1].header.stamp.sec
 
     drops = {k: int(v) for k, v in d.items() if k.startswith("dropped_")}
-    assert drops["dropped_no_camera_info"] >= 1 and int(d["pairs_processed"]) >= 4
-    assert set(k for k, v in drops.items() if v) <= {"dropped_no_camera_info", "dropped_superseded"}
+    # the images sent without camera_info made no frame (they wait in, then leave, the synchroniser)
+    assert int(d["received_left_image_rect"]) > int(d["pairs_received"]) and int(d["pairs_processed"]) >= 4
+    assert int(d["sync_dropped_left_info"]) == 0 and set(k for k, v in drops.items() if v) <= {"dropped_superseded"}
     assert int(d["pairs_received"]) == int(d["pairs_processed"]) + sum(drops.values())
     assert d["sync"].startswith("approximate")
     assert 1000 <= diag_stamp <= 1010  # /diagnostics stamped with the simulated clock
@@ -368,7 +363,7 @@ def test_out_of_memory_on_one_frame_does_not_kill_the_node(nodes):
         assert rc.wait_for(lambda: outputs_with_stamp(disp, stamp), 30), node.log_text()
         inp.send(image_pair_messages(big))
         assert node.wait_for_log(r"out of memory running student-lite on cpu at 2560x1920 \(input 640x480\): frame "
-                                 r"dropped, node continues", 30), node.log_text()[-3000:]
+                                 r"dropped, processing continues", 30), node.log_text()[-3000:]
         stamp = inp.send(image_pair_messages(small))
         assert rc.wait_for(lambda: outputs_with_stamp(disp, stamp), 30), node.log_text()[-3000:]
         assert rc.wait_for(lambda: int(diag(diags).get("dropped_inference_oom", 0)) == 1 and

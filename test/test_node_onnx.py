@@ -22,7 +22,7 @@ pytest.importorskip("onnxruntime", reason="the onnxruntime backend needs the onn
 
 from stereo_msgs.msg import DisparityImage  # noqa: E402
 
-from madis_ros.outputs import disparity_from_msg  # noqa: E402
+from madis_ros.messages import disparity_from_msg  # noqa: E402
 
 pytestmark = pytest.mark.timeout(150)
 

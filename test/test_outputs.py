@@ -18,12 +18,13 @@ from rosutil import make_scene  # noqa: E402
 
 from madis_core.camera import StereoCamera  # noqa: E402
 from madis_core.estimator import StereoEstimator  # noqa: E402
-from madis_ros.camera_info import CameraInfoError, camera_infos_from_stereo_camera, stereo_camera_from_infos  # noqa: E402
+from madis_ros.camera_info import CameraInfoError, stereo_camera_from_infos  # noqa: E402
 from madis_ros.image_conversion import image_to_numpy  # noqa: E402
-from madis_ros.outputs import (disparity_from_msg, make_color_disparity_image, make_confidence_image,  # noqa: E402
-                               make_depth_image, make_disparity_image, make_pointcloud2, pointcloud2_to_numpy)
-from madis_ros.params import PARAMS, ParameterError, settings_from_dict  # noqa: E402
-from madis_ros.processing import ProcessingSettings, StereoFrameProcessor  # noqa: E402
+from madis_ros.messages import (camera_info_msgs, disparity_from_msg, make_color_disparity_image,  # noqa: E402
+                                make_confidence_image, make_depth_image, make_disparity_image, make_pointcloud2,
+                                pointcloud2_to_numpy)
+from madis_ros.params import PARAMS, ParameterError, descriptor, settings_from_dict  # noqa: E402
+from madis_core.pipeline import ProcessingSettings, StereoFrameProcessor  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CAM = StereoCamera(8, 6, 100.0, 110.0, 3.5, 2.5, 0.12, doffs=2.0)
@@ -41,14 +42,14 @@ def header(stamp_s=12, frame="left_optical"):
 
 # --- camera_info ------------------------------------------------------------------------------------
 def test_camera_info_round_trip_keeps_geometry():
-    li, ri = camera_infos_from_stereo_camera(CAM, "l", "r")
+    li, ri = camera_info_msgs(CAM, Header(frame_id="l"), Header(frame_id="r"))
     cam = stereo_camera_from_infos(rt(li), rt(ri), image_size=(8, 6))
     assert cam == CAM
     assert -ri.p[3] / ri.p[0] == pytest.approx(0.12)
 
 
 def _infos():
-    li, ri = camera_infos_from_stereo_camera(CAM, "l", "r")
+    li, ri = camera_info_msgs(CAM, Header(frame_id="l"), Header(frame_id="r"))
     return li, ri
 
 
@@ -255,9 +256,14 @@ def test_parameter_defaults_are_valid_and_errors_are_listed():
     with pytest.raises(ParameterError, match="min_depth"):
         settings_from_dict({"min_depth": 3.0, "max_depth": 1.0})
     s = settings_from_dict({"model": "sgbm", "max_disparity": 70, "model_options": '{"block_size": 7}'})
-    assert s.backend_options() == {"block_size": 7, "num_disparities": 80}
+    assert s.estimator_kwargs() == {"model": "sgbm", "device": "auto", "precision": "fp32", "runtime": "torch",
+                                    "max_disparity": 70.0, "random_init": False, "block_size": 7}
+    from madis_core.estimator import build_estimator
+
+    assert build_estimator(**s.estimator_kwargs()).meta.max_disparity == 79  # 80 disparities: 70 rounded up to 16
     # a learned model's range is its own: max_disparity only clips its output downstream
-    assert settings_from_dict({"max_disparity": 70}).backend_options() == {}
+    est = build_estimator(**settings_from_dict({"max_disparity": 70, "device": "cpu"}).estimator_kwargs())
+    assert est.meta.max_disparity == 192
 
 
 def test_config_yaml_lists_every_parameter_with_its_default():
@@ -267,3 +273,17 @@ def test_config_yaml_lists_every_parameter_with_its_default():
     for p in PARAMS:
         assert values[p.name] == p.default and type(values[p.name]) is type(p.default), p.name
     assert settings_from_dict(values) == settings_from_dict({})
+
+
+def test_every_number_parameter_has_its_range_in_the_descriptor():
+    """Ranges are declared once: the same limits check the values and fill the rcl descriptor."""
+    numbers = [p for p in PARAMS if isinstance(p.default, (int, float)) and not isinstance(p.default, bool)]
+    assert len(numbers) >= 12
+    for spec in numbers:
+        assert spec.limits is not None, spec.name
+        d = descriptor(spec)
+        r = (d.integer_range or d.floating_point_range)[0]
+        assert (r.from_value, r.to_value) == spec.limits and d.read_only, spec.name
+        assert spec.limit_error(spec.default) is None, spec.name  # the default is inside its own range
+        with pytest.raises(ParameterError, match=rf"{spec.name}: must be"):
+            settings_from_dict({spec.name: spec.limits[1] * 2 + 1})

@@ -185,4 +185,4 @@ def test_student_through_the_estimator_on_an_odd_size():
     res = est.predict(left, np.roll(left, -4, axis=1))
     assert res.disparity.shape == (75, 130) and res.disparity.dtype == np.float32
     assert res.confidence is not None and res.confidence.shape == (75, 130)
-    assert est.max_disparity == 192
+    assert est.meta.max_disparity == 192

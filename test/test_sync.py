@@ -122,13 +122,15 @@ def test_queue_bound_drops_are_counted_by_the_front_end():
 
 def test_front_end_reports_the_offset_of_unsynchronised_cameras():
     s = StereoSynchronizer(lambda *m: None, approximate=False, queue_size=5, use_message_filters=False)
-    assert s.recent_offset_ms() is None
+    assert s.nearest_offset_ms(0, 1) is None
     for k in range(20):
         s.add(0, img(33.3 * k))
         s.add(1, img(33.3 * k + 5))
     assert s.matched == 0
-    assert s.recent_offset_ms() == pytest.approx(5.0, abs=0.01)
+    assert s.nearest_offset_ms(0, 1) == pytest.approx(5.0, abs=0.01)
     assert s.dropped(0) == 15 and s.dropped(1) == 15
+    s.reset()  # a stream that starts over: the queued ones count as dropped
+    assert s.dropped(0) == 20 and s.queued(0) == 0 and s.nearest_offset_ms(0, 1) is None
 
 
 def test_front_end_approximate_pairs_5ms_offsets():

@@ -1,7 +1,6 @@
-"""Estimator backends; importing this package registers them."""
-from madis_core.backends import sgbm, torch_backend  # noqa: F401
-
-try:  # onnxruntime is optional at import time
-    from madis_core.backends import onnx_backend  # noqa: F401
-except ImportError:  # pragma: no cover - depends on the install
-    pass
+"""Estimator backends: ``base`` (the contract every backend implements, the backend
+registry, input checks; no torch), ``sgbm`` (OpenCV StereoSGBM), ``torch_backend`` (every
+network of the model registry) and ``onnx_backend`` (onnxruntime, optional).
+``madis_core.estimator.build_estimator`` imports them on first use; this package imports
+nothing, so the contract can be imported without torch.
+"""

@@ -24,7 +24,10 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from madis_core.estimator import StereoBackend, StereoResult, register_backend, to_float_rgb
+from madis_core.backends.base import BACKENDS, StereoBackend, StereoResult, to_float_rgb
+from madis_core.checkpoint import load_registry_model
+from madis_core.export import export_onnx
+from madis_core.models.catalog import meta_of, model_meta
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +42,8 @@ def cache_dir() -> Path:
 def _weights_digest(model) -> str:
     """Hash of a module's registry name, config and every weight (the cache key)."""
     h = hashlib.sha256()
-    h.update(str(getattr(model, "model_name", type(model).__name__)).encode())
-    h.update(json.dumps(getattr(model, "model_config", {}), sort_keys=True, default=str).encode())
+    h.update(model.model_name.encode())
+    h.update(json.dumps(model.model_config, sort_keys=True, default=str).encode())
     for k, v in model.state_dict().items():
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().numpy().tobytes())
@@ -49,16 +52,14 @@ def _weights_digest(model) -> str:
 
 def export_cached(model: Any, random_init: bool = False, **overrides: Any) -> Path:
     """The cached dynamic-shape ONNX export of a registry model / weights file (exported on first use)."""
-    from madis_core.export import export_onnx, load_for_export
-
-    net = load_for_export(model, random_init=random_init, **overrides)
-    name = getattr(net, "model_name", "model")
-    if hasattr(net, "infer"):
-        log.warning("%s has its own inference procedure (infer(), e.g. tiling); the ONNX graph runs its plain "
+    net = load_registry_model(model, random_init=random_init, **overrides).cpu().eval()
+    name, meta = net.model_name, meta_of(net)
+    if meta.own_inference:
+        log.warning("%s has its own inference procedure (infer(): tiling, upscaling); the ONNX graph runs its plain "
                     "forward, so results can differ from the torch backend", name)
     path = cache_dir() / f"{name}-{_weights_digest(net)}.onnx"
     if not path.is_file():
-        div = int(getattr(net, "size_divisor", 1))
+        div = meta.size_divisor
         h, w = max(div, 64 // div * div), max(div, 128 // div * div)
         log.info("exporting %s to %s (first use)", name, path)
         export_onnx(net, path, height=h, width=w, dynamic=True, check=True)
@@ -119,10 +120,11 @@ class OnnxBackend(StereoBackend):
         self.precision = precision
         self.path = path
         meta: Dict[str, str] = self.session.get_modelmeta().custom_metadata_map
-        self.name = meta.get("model_name", path.stem)
-        self.size_divisor = int(meta.get("size_divisor", 1))
-        self.max_disparity = float(meta.get("max_disparity", 192))
-        self.delta_d = 1.0 / 64.0
+        if "model_name" not in meta:
+            raise ValueError(f"{path} has no madis metadata (model_name); write it with `madis export`")
+        self.name = meta["model_name"]
+        config = json.loads(meta.get("model_config", "{}"))
+        self.meta = model_meta(self.name, config)
         self.device = "cuda" if used[0] in ("TensorrtExecutionProvider", "CUDAExecutionProvider") else "cpu"
         self.outputs = [o.name for o in self.session.get_outputs()]
         inputs = [i.name for i in self.session.get_inputs()]
@@ -138,7 +140,7 @@ class OnnxBackend(StereoBackend):
     def run_arrays(self, left: np.ndarray, right: np.ndarray) -> Dict[str, np.ndarray]:
         """Batched run on ``B x 3 x H x W`` float32 arrays in [0, 1]; pads to size_divisor and crops back."""
         h, w = left.shape[-2:]
-        ph, pw = (-h) % self.size_divisor, (-w) % self.size_divisor
+        ph, pw = (-h) % self.meta.size_divisor, (-w) % self.meta.size_divisor
         if ph or pw:
             pad = ((0, 0), (0, 0), (0, ph), (0, pw))
             left, right = np.pad(left, pad, mode="edge"), np.pad(right, pad, mode="edge")
@@ -165,6 +167,6 @@ class OnnxBackend(StereoBackend):
                                          "postprocess": (time.perf_counter() - t2) * 1e3})
 
 
-@register_backend("onnxruntime")
+@BACKENDS.decorator("onnxruntime")
 def _onnxruntime(**kwargs) -> OnnxBackend:
     return OnnxBackend(**kwargs)

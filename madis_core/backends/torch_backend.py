@@ -1,4 +1,4 @@
-"""PyTorch backend for every model in the registry."""
+"""PyTorch backend for every network in the model registry."""
 from __future__ import annotations
 
 import logging
@@ -10,49 +10,28 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from madis_core.estimator import (StereoBackend, StereoResult, register_backend, resolve_device,
-                                  resolve_weights, to_float_rgb)
+from madis_core.backends.base import BACKENDS, StereoBackend, StereoResult, resolve_device, to_float_rgb
+from madis_core.checkpoint import load_registry_model
+from madis_core.models.registry import meta_of
 
 log = logging.getLogger(__name__)
 
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def load_registry_model(model: str | nn.Module, random_init: bool = False, **overrides: Any) -> nn.Module:
-    """A module, a weights path, a registry name with shipped weights, or (random_init) an untrained one."""
-    from madis_core.checkpoint import load_model
-    from madis_core.models import build_model, list_models
-
-    if isinstance(model, nn.Module):
-        return model
-    weights = resolve_weights(model)
-    if weights is not None and not random_init:
-        if not weights.is_file():
-            raise FileNotFoundError(f"weights file not found: {weights}")
-        return load_model(weights)
-    if model in list_models():
-        if random_init:
-            return build_model(model, **overrides)
-        raise FileNotFoundError(
-            f"no shipped weights for model {model!r}; pass a weights file path, or random_init=True for an untrained network")
-    raise ValueError(f"{model!r} is neither a backend ({', '.join(_backend_names())}), a registered model "
-                     f"({', '.join(list_models())}) nor a weights file")
-
-
-def _backend_names():
-    from madis_core.estimator import list_backends
-    return list_backends()
-
-
 class TorchBackend(StereoBackend):
     def __init__(self, model: str | nn.Module, device: str = "auto", precision: str = "fp32",
                  random_init: bool = False, channels_last: bool = False, compile: bool = False,
                  **model_overrides: Any):
+        """``model``: a registry name with shipped weights, a weights file or a module built by the
+        registry; ``random_init``: an untrained registry network (``model_overrides`` change its
+        config); ``channels_last``/``compile``: torch memory format and torch.compile."""
         if precision not in _DTYPES:
             raise ValueError(f"precision must be one of {sorted(_DTYPES)}, got {precision!r}")
         self.device = resolve_device(device)
         net = load_registry_model(model, random_init=random_init, **model_overrides)
-        self.name = getattr(net, "model_name", type(net).__name__)
+        self.meta = meta_of(net)
+        self.name = net.model_name
         if precision != "fp32" and not self.device.startswith("cuda"):
             log.warning("precision %s needs a CUDA device; running %s in fp32 on %s", precision, self.name, self.device)
             precision = "fp32"
@@ -61,9 +40,6 @@ class TorchBackend(StereoBackend):
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.channels_last = channels_last
-        self.size_divisor = int(getattr(net, "size_divisor", 1))
-        self.max_disparity = float(getattr(net, "max_disparity", 192))
-        self.delta_d = 1.0 / 64.0
         self._forward = torch.compile(self.net) if compile else self.net
 
     def describe(self) -> str:
@@ -73,10 +49,9 @@ class TorchBackend(StereoBackend):
     def predict_tensors(self, left: torch.Tensor, right: torch.Tensor) -> dict:
         """Batched forward on B x 3 x H x W float tensors in [0, 1]; pads to size_divisor."""
         h, w = left.shape[-2:]
-        infer = getattr(self.net, "infer", None)
-        # A model with its own inference procedure (e.g. MaDis' tiling) handles any size
+        # A model with its own inference procedure (ViT tiling, MaDis upscaling) handles any size
         # itself; padding it would put tiles on the replicated border.
-        div = 1 if infer is not None else self.size_divisor
+        div = 1 if self.meta.own_inference else self.meta.size_divisor
         ph, pw = (-h) % div, (-w) % div
         if ph or pw:
             left = F.pad(left, (0, pw, 0, ph), mode="replicate")
@@ -86,7 +61,7 @@ class TorchBackend(StereoBackend):
             right = right.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type=self.device.split(":")[0], dtype=_DTYPES[self.precision],
                             enabled=self.precision != "fp32"):
-            out = infer(left, right) if infer is not None else self._forward(left, right)
+            out = self.net.infer(left, right) if self.meta.own_inference else self._forward(left, right)
         return {k: v[..., :h, :w].float() for k, v in out.items() if isinstance(v, torch.Tensor) and v.dim() == 4}
 
     def predict_checked(self, left: np.ndarray, right: np.ndarray) -> StereoResult:
@@ -109,6 +84,6 @@ class TorchBackend(StereoBackend):
                                          "postprocess": (time.perf_counter() - t2) * 1e3})
 
 
-@register_backend("torch")
+@BACKENDS.decorator("torch")
 def _torch(**kwargs) -> TorchBackend:
     return TorchBackend(**kwargs)

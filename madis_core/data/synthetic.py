@@ -42,29 +42,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Dict, Optional, Tuple
 
-import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
+from madis_core.data.synthetic_camera import apply_camera, camera_params
+from madis_core.data.synthetic_surfaces import (_GEOM, _SHADE, _SHADE_M, _SHADE_O, _SPECULAR, COL,
+                                                MAX_TEXELS_PER_PIXEL, _features, _shading_tables,
+                                                _shape_mask, _soften_edges, _solve_right)
 from madis_core.data.textures import TextureAtlas
 from madis_core.data.threads import single_threaded_pool
 
-# --- surface parameter table ------------------------------------------------------------
-# One row per surface; the same formulas evaluate a row broadcast over an image crop
-# or rows gathered per pixel, so footprints agree between the two code paths.
-_COLUMNS = (
-    # geometry
-    "xc", "yc", "cos", "sin", "a", "b", "p", "wamp", "wfu", "wfv", "wpu", "wpv", "hole", "pfreq", "pthr", "inf",
-    # disparity surface
-    "c", "gx", "gy", "kk", "delta",
-    # appearance
-    "tile", "ts", "tcos", "tsin", "toffu", "toffv", "gain_r", "gain_g", "gain_b", "bias_r", "bias_g", "bias_b",
-    "flat", "fc_r", "fc_g", "fc_b", "amb", "shx", "shy", "shq", "R", "spec", "spx", "spy", "spsig", "spshift",
-)
-COL = {name: i for i, name in enumerate(_COLUMNS)}
-_GEOM = ("xc", "yc", "cos", "sin", "a", "b", "p", "wamp", "wfu", "wfv", "wpu", "wpv", "hole", "pfreq", "pthr",
-         "inf", "c", "gx", "gy", "kk")
 DEFAULT_OPTIONS: Dict[str, Any] = {
     "num_objects": (10, 30),          # foreground objects per sample (inclusive range)
     "min_range_fraction": 0.26,       # each sample's max disparity ~ U(frac, 1) * max_disparity
@@ -91,109 +78,6 @@ DEFAULT_OPTIONS: Dict[str, Any] = {
     "edge_antialias": True,           # mixed colours on pixels at object boundaries (as a lens gives)
     "render_threads": 0,              # CPU worker threads for rendering (0: torch.get_num_threads())
 }
-
-
-def _features(row: np.ndarray) -> Tuple[bool, bool, bool]:
-    """Which optional footprint features a surface uses (wobble, hole, perforation)."""
-    return bool(row[COL["wamp"]] > 0), bool(row[COL["hole"]] > 0), bool(row[COL["pthr"]] < 1.0)
-
-
-_ALL_FEATURES = (True, True, True)
-
-
-def _ipow(x: torch.Tensor, p) -> torch.Tensor:
-    """x ** p, by multiplication for the exponents the generator draws (1, 2, 4, 8)."""
-    if isinstance(p, float):
-        if p == 1.0:
-            return x
-        if p == 2.0:
-            return x * x
-        if p == 4.0:
-            x = x * x
-            return x * x
-        if p == 8.0:
-            x = x * x
-            x = x * x
-            return x * x
-    return x.pow(p)
-
-
-def _iroot(x: torch.Tensor, p) -> torch.Tensor:
-    """x ** (1/p), by square roots for p in (1, 2, 4, 8)."""
-    if isinstance(p, float) and p in (1.0, 2.0, 4.0, 8.0):
-        for _ in range({1.0: 0, 2.0: 1, 4.0: 2, 8.0: 3}[p]):
-            x = x.sqrt()
-        return x
-    return x.pow(1.0 / p)
-
-
-def _shape_mask(u, v, P, features: Tuple[bool, bool, bool] = _ALL_FEATURES):
-    """Footprint test in surface-local coordinates ``u, v``: a superellipse
-    ``(|u|/a)^p + (|v|/b)^p <= 1`` with optional wobble, hole and perforation.
-    ``P`` holds the surface parameters (Python floats, or tensors with one value per
-    pixel); ``features`` lets the per-surface path skip features that are off."""
-    p = P["p"]
-    s = _ipow(u.abs() * (1.0 / P["a"]), p) + _ipow(v.abs() * (1.0 / P["b"]), p)
-    wobble, hole, perforated = features
-    if not (wobble or hole):
-        mask = s <= 1.0
-    else:
-        rho = _iroot(s, p)
-        if wobble:
-            rho = rho + P["wamp"] * torch.sin(P["wfu"] * u + P["wpu"]) * torch.sin(P["wfv"] * v + P["wpv"])
-        mask = rho <= 1.0
-        if hole:
-            mask &= rho >= P["hole"]
-    if perforated:
-        mask &= ~((torch.cos(P["pfreq"] * u) > P["pthr"]) & (torch.cos(P["pfreq"] * v) > P["pthr"]))
-    return mask
-
-
-def _solve_right(xr, dy, P):
-    """Left-image x of the surface point seen at right-image x ``xr`` on rows ``y``
-    (``dy = y - yc``): closed-form root of ``kk t^2 - (1-gx) t + C0 = 0``.
-    Returns (x_left, ok) where ok is False where the surface has no solution (None:
-    always solvable)."""
-    kk = P["kk"]
-    bq = 1.0 - P["gx"]
-    if isinstance(kk, float) and kk == 0.0:  # planar surface: linear
-        return P["xc"] + ((xr - P["xc"] + P["c"]) + P["gy"] * dy) / bq, None
-    c0 = (xr - P["xc"] + P["c"]) + (P["gy"] * dy + kk * dy * dy)
-    disc = bq * bq - 4.0 * kk * c0
-    ok = disc >= 0
-    t = 2.0 * c0 / (bq + disc.clamp(min=0).sqrt())
-    return P["xc"] + t, ok
-
-
-# per-surface shading constants, gathered per pixel (folded so shading needs few ops)
-_SHADE = ("xc", "yc", "c", "ox", "oy", "ts", "tcs", "tsn", "toffu", "toffv", "m_r", "m_g", "m_b", "o_r", "o_g", "o_b",
-          "amb", "shx", "shy", "shq")
-_SHADE_M = _SHADE.index("m_r")
-_SHADE_O = _SHADE.index("o_r")
-MAX_TEXELS_PER_PIXEL = 1.5
-# view-dependent highlights, evaluated only on the pixels of specular surfaces
-_SPECULAR = ("xc", "yc", "spec", "spx", "spy", "spinv", "spshift")
-
-
-def _shading_tables(rows: np.ndarray, tile_origins: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """K x len(COL) surface rows -> (len(_SHADE) x K, len(_SPECULAR) x K) constants.
-    colour = (texture * (1 - flat) + flat_colour * flat) * gain + bias = texture * m + o."""
-    c = {n: rows[:, COL[n]] for n in _COLUMNS}
-    gain = np.stack([c["gain_r"], c["gain_g"], c["gain_b"]])
-    bias = np.stack([c["bias_r"], c["bias_g"], c["bias_b"]])
-    fc = np.stack([c["fc_r"], c["fc_g"], c["fc_b"]])
-    m = gain * (1.0 - c["flat"])
-    o = gain * fc * c["flat"] + bias
-    origin = tile_origins[c["tile"].astype(np.int64)]
-    out = {
-        "xc": c["xc"], "yc": c["yc"], "c": c["c"], "ox": origin[:, 0], "oy": origin[:, 1],
-        "ts": c["ts"], "tcs": c["tcos"], "tsn": c["tsin"], "toffu": c["toffu"], "toffv": c["toffv"],
-        "m_r": m[0], "m_g": m[1], "m_b": m[2], "o_r": o[0], "o_g": o[1], "o_b": o[2],
-        "amb": c["amb"], "shx": c["shx"], "shy": c["shy"], "shq": c["shq"] / (c["R"] * c["R"]),
-        "spec": c["spec"], "spx": c["spx"], "spy": c["spy"], "spinv": 1.0 / (2.0 * c["spsig"] ** 2),
-        "spshift": c["spshift"],
-    }
-    return np.stack([out[n] for n in _SHADE]), np.stack([out[n] for n in _SPECULAR])
 
 
 @dataclass
@@ -267,7 +151,7 @@ class SyntheticStereoGenerator:
                               dtype=torch.bool if k in ("valid", "occlusion") else torch.float32)
                for k in ("left", "right", "disparity", "disparity_right", "valid", "occlusion")}
         # all randomness is drawn here, in order, so the batch does not depend on scheduling
-        scenes = [(self._sample_scene(rng), self._camera_params(cam_rng)) for _ in range(B)]
+        scenes = [(self._sample_scene(rng), camera_params(self.options, cam_rng)) for _ in range(B)]
         pool = self._render_pool(B)
         if pool is None:
             self.atlas.refresh(self.seed, int(seed))
@@ -295,8 +179,8 @@ class SyntheticStereoGenerator:
         gen = None
         if "noise_seed" in cam:
             gen = torch.Generator(self.device).manual_seed(cam["noise_seed"])
-        out["left"][i] = self._camera(left, 0, cam, gen)
-        out["right"][i] = self._camera(right, 1, cam, gen)
+        out["left"][i] = apply_camera(left, 0, cam, gen)
+        out["right"][i] = apply_camera(right, 1, cam, gen)
         out["valid"][i].fill_(True)
 
     def _render_pool(self, batch_size: int) -> Optional[ThreadPoolExecutor]:
@@ -604,101 +488,3 @@ class SyntheticStereoGenerator:
         return col
 
     # --- camera effects (per view) -----------------------------------------------------
-    def _camera_params(self, rng: np.random.Generator) -> Dict[str, Any]:
-        """Per-sample differences between the two cameras (drawn in order, in the main
-        thread, so a batch does not depend on how its rendering is scheduled)."""
-        o = self.options
-        p: Dict[str, Any] = {}
-        if o["photometric"]:
-            # a mild blur on each view, plus a stronger one on one view half the time
-            base = rng.uniform(0.0, 0.5, 2) * (rng.random(2) < 0.5)
-            extra = np.zeros(2)
-            if rng.random() < 0.5:
-                extra[rng.integers(2)] = rng.uniform(0.3, max(0.3, o["blur_max"]))
-            p["blur"] = np.hypot(base, extra)
-            p["contrast"] = rng.uniform(0.8, 1.2, 2)
-            p["bright"] = rng.uniform(-0.08, 0.08, 2)
-            p["gains"] = rng.uniform(0.92, 1.08, (2, 3))
-            p["tone"] = rng.uniform(-0.25, 0.25, 2)  # y = x + k x (1 - x): gamma ~0.8..1.25, cheaper than pow
-            p["noise"] = rng.uniform(0.0, o["noise_max"], 2)
-            p["noise_seed"] = int(rng.integers(2**62))
-        if o["rectification_error_prob"] > 0 and rng.random() < o["rectification_error_prob"]:
-            p["rectification"] = (math.radians(rng.uniform(-o["max_rotation_deg"], o["max_rotation_deg"])),
-                                  rng.uniform(-o["max_vertical_shift"], o["max_vertical_shift"]))
-        return p
-
-    def _camera(self, img: torch.Tensor, view: int, p: Dict[str, Any], gen: Optional[torch.Generator]) -> torch.Tensor:
-        """Apply one camera's blur, contrast/brightness/colour gains, tone curve, noise
-        and (right view) rectification error to a 3 x H x W image."""
-        dev = img.device
-        if "blur" in p:
-            if p["blur"][view] > 0.05:
-                img = _blur(img, float(p["blur"][view]))
-            c, gains = float(p["contrast"][view]), p["gains"][view]
-            mean = float(img.mean())
-            # ((x - mean) * contrast + mean + bright) * gain  ==  x * scale + offset
-            scale = torch.tensor(c * gains, dtype=img.dtype, device=dev).view(3, 1, 1)
-            offset = torch.tensor(((1 - c) * mean + p["bright"][view]) * gains, dtype=img.dtype, device=dev).view(3, 1, 1)
-            img = torch.addcmul(offset, img, scale).clamp_(0, 1)
-            tone = float(p["tone"][view])
-            img.mul_(img.mul(-tone).add_(1.0 + tone))
-            # zero-mean sensor noise with the drawn std, one field for the three channels
-            # (luminance noise): uniform (+-sqrt(3) sigma), a third of the cost of
-            # per-channel Gaussian noise and alike at these levels
-            amp = float(p["noise"][view]) * 2 * math.sqrt(3.0)
-            img.add_(torch.rand((1, *img.shape[1:]), generator=gen, device=dev).sub_(0.5).mul_(amp))
-        if view == 1 and "rectification" in p:
-            ang, dy = p["rectification"]
-            _, H, W = img.shape
-            theta = torch.tensor([[[math.cos(ang), -math.sin(ang) * H / W, 0.0],
-                                   [math.sin(ang) * W / H, math.cos(ang), 2.0 * dy / H]]], dtype=img.dtype, device=dev)
-            grid = F.affine_grid(theta, (1, 3, H, W), align_corners=False)
-            img = F.grid_sample(img[None], grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
-        return img.clamp_(0, 1)
-
-
-def _soften_edges(col: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Real pixels at an object boundary integrate both surfaces; rendering point
-    samples gives hard, aliased edges instead. Blend the pixels on either side of a
-    surface boundary with their 3x3 mean (the ground truth stays sharp)."""
-    edge = torch.zeros_like(ids, dtype=torch.bool)
-    dx = ids[:, 1:] != ids[:, :-1]
-    dy = ids[1:] != ids[:-1]
-    edge[:, 1:] |= dx
-    edge[:, :-1] |= dx
-    edge[1:] |= dy
-    edge[:-1] |= dy
-    p = F.pad(col[None], (1, 1, 1, 1), mode="replicate")[0]  # separable 3x3 box sum (faster than avg_pool2d)
-    rows = p[:, :, :-2] + p[:, :, 1:-1] + p[:, :, 2:]
-    box = rows[:, :-2] + rows[:, 1:-1] + rows[:, 2:]
-    return torch.where(edge[None], col * 0.5 + box * (0.5 / 9.0), col)
-
-
-def _blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian blur of a 3 x H x W image (OpenCV on the CPU: several times faster)."""
-    if img.device.type == "cpu":
-        out = torch.empty_like(img)
-        src, dst = img.contiguous().numpy(), out.numpy()
-        for c in range(src.shape[0]):
-            cv2.GaussianBlur(src[c], (0, 0), sigma, dst=dst[c], borderType=cv2.BORDER_REPLICATE)
-        return out
-    return _gaussian_blur(img[None], np.array([sigma]))[0]
-
-
-def _gaussian_blur(img: torch.Tensor, sigmas: np.ndarray) -> torch.Tensor:
-    """Separable Gaussian blur with one sigma per sample (0 = unchanged)."""
-    B, C, H, W = img.shape
-    radius = max(1, int(math.ceil(2.5 * float(sigmas.max()))))
-    x = np.arange(-radius, radius + 1, dtype=np.float64)
-    k = np.zeros((B, 2 * radius + 1))
-    for i, s in enumerate(sigmas):
-        if s < 0.05:
-            k[i, radius] = 1.0
-        else:
-            k[i] = np.exp(-x * x / (2 * s * s))
-            k[i] /= k[i].sum()
-    kt = torch.tensor(np.repeat(k, C, axis=0), dtype=img.dtype, device=img.device)  # (B*C) x K
-    x4 = F.pad(img.reshape(1, B * C, H, W), (radius, radius, radius, radius), mode="replicate")
-    x4 = F.conv2d(x4, kt[:, None, None, :], groups=B * C)
-    x4 = F.conv2d(x4, kt[:, None, :, None], groups=B * C)
-    return x4.reshape(B, C, H, W)

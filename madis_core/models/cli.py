@@ -1,7 +1,9 @@
-"""``madis models``: the registered networks with their family and parameter count.
+"""``madis models``: the registry (networks and classical methods) with family, parameter
+count and the metadata the node and tools read (size divisor, range, confidence,
+minimum input size).
 
-Counting parameters builds each network once on the CPU (the largest, madis-base,
-takes a second or two); ``--no-count`` lists names only.
+Parameters are counted on the meta device (no memory, no init time); ``--no-count``
+lists names only.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def model_table(family: str | None = None, count: bool = True) -> list:
-    """[{name, family, params_m, description}] for every registered model."""
+    """[{name, family, learned, params_m, min_size, has_confidence, description}] per registry entry."""
     from madis_core.models import build_model, count_parameters, get_entry, list_models
 
     rows = []
@@ -25,8 +27,11 @@ def model_table(family: str | None = None, count: bool = True) -> list:
         entry = get_entry(name)
         if family and entry.family != family:
             continue
-        params = count_parameters(build_model(name)) / 1e6 if count else None
-        rows.append({"name": name, "family": entry.family, "params_m": params, "description": entry.description})
+        m = entry.meta
+        params = count_parameters(build_model(name)) / 1e6 if count and m.learned else None
+        rows.append({"name": name, "family": entry.family, "learned": m.learned, "params_m": params,
+                     "max_disparity": m.max_disparity, "min_size": list(m.min_size),
+                     "has_confidence": m.has_confidence, "description": entry.description})
     return rows
 
 
@@ -43,9 +48,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     w = max([len(r["name"]) for r in rows] + [4])
     fw = max([len(r["family"]) for r in rows] + [6])
-    print(f"{'name':<{w}}  {'family':<{fw}}  {'params (M)':>10}  description")
+    print(f"{'name':<{w}}  {'family':<{fw}}  {'params (M)':>10}  {'min HxW':>7}  conf  description")
     for r in rows:
         p = "-" if r["params_m"] is None else f"{r['params_m']:.2f}"
-        print(f"{r['name']:<{w}}  {r['family']:<{fw}}  {p:>10}  {r['description']}")
+        size = "x".join(str(v) for v in r["min_size"])
+        print(f"{r['name']:<{w}}  {r['family']:<{fw}}  {p:>10}  {size:>7}  {'yes' if r['has_confidence'] else 'no ':4s}"
+              f"  {r['description']}")
     return 0
 

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from madis_core.models.dpt import DPTHead
 from madis_core.models.patches import patchify, unpatchify  # noqa: F401  (re-exported)
-from madis_core.models.registry import register_model
+from madis_core.models.registry import ModelMeta, register_model
 from madis_core.models.rope import RoPE2D, patch_positions
 
 PATCH = 16
@@ -373,15 +373,19 @@ def default_hooks(dec_depth: int) -> List[int]:
     return [int(round((k + 1) * dec_depth / 4)) - 1 for k in range(4)]
 
 
-@register_model("croco-vit-base", family="croco-vit",
+_CROCO_META = ModelMeta(family="croco-vit", size_divisor=PATCH, has_confidence=True, min_size=(PATCH, PATCH),
+                        own_inference=True)
+
+
+@register_model("croco-vit-base", family="croco-vit", meta=_CROCO_META,
                 description="MaDis-Stereo paper scale: ViT-B encoder (768/12/12), 12x768 decoder, DPT 256",
                 enc_dim=768, enc_depth=12, enc_heads=12, dec_dim=768, dec_depth=12, dec_heads=12,
                 dpt_layer_dims=(96, 192, 384, 768), dpt_feature_dim=256, tile_size=(352, 704))
-@register_model("croco-vit-small", family="croco-vit",
+@register_model("croco-vit-small", family="croco-vit", meta=_CROCO_META,
                 description="ViT-S encoder (384/12/6), 8x384 decoder, DPT 128",
                 enc_dim=384, enc_depth=12, enc_heads=6, dec_dim=384, dec_depth=8, dec_heads=6,
                 dpt_layer_dims=(48, 96, 192, 384), dpt_feature_dim=128, tile_size=(352, 704))
-@register_model("croco-vit-tiny", family="croco-vit",
+@register_model("croco-vit-tiny", family="croco-vit", meta=_CROCO_META,
                 description="CPU smoke-run size: 192-dim, 4 encoder + 4 decoder blocks, DPT 64",
                 enc_dim=192, enc_depth=4, enc_heads=3, dec_dim=192, dec_depth=4, dec_heads=3,
                 dpt_layer_dims=(24, 48, 96, 192), dpt_feature_dim=64, tile_size=(128, 256))

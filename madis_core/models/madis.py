@@ -66,7 +66,7 @@ import torch.nn.functional as F
 from madis_core.models.cost_volume import groupwise_correlation, peak_confidence, soft_argmin, volume_as_channels
 from madis_core.models.epipolar_transformer import EpipolarBlock
 from madis_core.models.patches import patchify
-from madis_core.models.registry import register_model
+from madis_core.models.registry import ModelMeta, register_model
 from madis_core.models.student import Aggregation2D, FeatureExtractor, Refinement, conv_bn
 
 MIM_PATCH = 16
@@ -294,20 +294,22 @@ class MadisMatchStereo(nn.Module):
         return back
 
 
+_MADIS_META = ModelMeta(family="madis", size_divisor=16, has_confidence=True, min_size=(16, 16),
+                        own_inference=True)
 _CNN_DEFAULTS = dict(max_disparity=192, c4=24, c8=48, c16=64, blocks4=1, blocks8=2, blocks16=1,
                      match_channels=32, groups=4, context=16, agg_channels=64, agg_stages=2, hourglass=True)
 
 
-@register_model("madis-base", family="madis",
+@register_model("madis-base", family="madis", meta=_MADIS_META,
                 description="MaDis matching transformer, GPU scale: wide CNN, 6 epipolar blocks of 256",
                 **dict(_CNN_DEFAULTS, c4=48, c8=96, c16=128, blocks4=2, blocks8=4, blocks16=2, match_channels=96,
                        groups=8, context=32, agg_channels=128, refine_channels=48, refine_dilations=(1, 2, 4, 8),
                        local_corr=5, upsample="convex"),
                 dim=256, depth=6, heads=8, mlp_ratio=4.0, freeze_bn=False)
-@register_model("madis-small", family="madis",
+@register_model("madis-small", family="madis", meta=_MADIS_META,
                 description="MaDis matching transformer, one GPU: student-shaped CNN, 4 epipolar blocks of 128",
                 **_CNN_DEFAULTS, dim=128, depth=4, heads=4, mlp_ratio=2.0)
-@register_model("madis-tiny", family="madis",
+@register_model("madis-tiny", family="madis", meta=_MADIS_META,
                 description="MaDis matching transformer for CPUs: student-shaped CNN, 2 epipolar blocks of 64",
                 **_CNN_DEFAULTS, dim=64, depth=2, heads=4, mlp_ratio=2.0)
 def build_madis(**cfg) -> MadisMatchStereo:

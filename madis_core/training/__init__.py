@@ -2,7 +2,10 @@
 
 Modules: ``config`` (YAML + overrides), ``engine`` (loop, DDP, AMP, checkpoints),
 ``distributed`` (torchrun process group), ``optim`` (AdamW groups), ``schedule``
-(warm-up + cosine), ``losses`` (bounded Laplacian), ``mim`` (masks, reconstruction,
-EMA teacher), ``madis_task`` (MaDis MIM / supervised), ``train`` (``madis train``).
-Nothing is imported here eagerly, so ``import madis_core.training.mim`` stays light.
+(warm-up + cosine), ``losses`` (bounded Laplacian), ``distill_losses`` (distillation
+losses, adaptive weights), ``mim`` (masks, reconstruction, EMA teacher), ``previews``
+(TensorBoard images), ``tasks`` (the task contract and registry), ``madis_task`` (MaDis
+MIM / supervised), ``distill`` (student distillation and ``madis distill``), ``train``
+(``madis train``). Importing the package registers the built-in tasks.
 """
+from madis_core.training import distill, madis_task  # noqa: F401  (register their tasks)

@@ -47,14 +47,14 @@ import argparse
 import copy
 import inspect
 import logging
-import sys
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from madis_core.models import build_model
+from madis_core.checkpoint import load_registry_model
+from madis_core.models import build_model, meta_of
 from madis_core.training.distill_losses import (LossWeighting, cost_volume_distillation_loss,
                                                 distribution_distillation_loss, feature_distillation_loss,
                                                 ground_truth_loss, laplacian_bin_distribution, make_adapter,
@@ -125,7 +125,7 @@ class StudentTask(TrainingTask):
         super().__init__(cfg, device)
         self.opts = distill_section(cfg)
         self.student = build_student(cfg, self.device)
-        self.max_disparity = float(self.opts["max_disparity"] or getattr(self.student, "max_disparity", 192))
+        self.max_disparity = float(self.opts["max_disparity"] or meta_of(self.student).max_disparity)
 
     def trainable_module(self) -> nn.Module:
         return self.student
@@ -152,12 +152,10 @@ class FrozenTeacher:
 
     def __init__(self, spec: str, device: torch.device, random_init: bool = False,
                  overrides: Optional[Dict[str, Any]] = None):
-        from madis_core.backends.torch_backend import load_registry_model
-
         if not spec:
             raise ValueError("distill.teacher is not set: give a registry name with weights or a weights file")
         model = load_registry_model(str(spec), random_init=random_init, **dict(overrides or {}))
-        self.name = getattr(model, "model_name", str(spec))
+        self.name = model.model_name
         self.model = model.to(device).eval()
         self.model.requires_grad_(False)
         self.extras = "extras" in inspect.signature(self.model.forward).parameters
@@ -429,12 +427,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """``python -m madis_core.training.distill`` (what torchrun runs): the same as ``madis distill``."""
-    from madis_core.cli import main as cli_main
+if __name__ == "__main__":  # python -m madis_core.training.distill (what torchrun runs): `madis distill`
+    from madis_core.command import run_as_main
 
-    return cli_main(["distill", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    run_as_main("madis distill")

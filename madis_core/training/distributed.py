@@ -15,7 +15,7 @@ from typing import Any, List
 import torch
 import torch.distributed as dist
 
-from madis_core.estimator import resolve_device
+from madis_core.backends.base import resolve_device
 
 
 @dataclass
@@ -82,11 +82,3 @@ def mean_over_ranks(info: DistInfo, values: torch.Tensor) -> torch.Tensor:
     values = values.clone()
     dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values / info.world_size
-
-
-def broadcast_object(info: DistInfo, obj: Any) -> Any:
-    if not info.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]

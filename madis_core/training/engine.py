@@ -204,10 +204,6 @@ def read_checkpoint(path: Path) -> Dict[str, Any]:
     return ckpt
 
 
-def _unwrap(module: nn.Module) -> nn.Module:
-    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
-
-
 def _scalar(v: Any) -> float:
     return float(v.detach().float().mean()) if isinstance(v, torch.Tensor) else float(v)
 
@@ -273,7 +269,7 @@ def run(cfg: Dict[str, Any], task_factory: Optional[Callable[..., TrainingTask]]
         if info.distributed:
             wrapped = nn.parallel.DistributedDataParallel(
                 module, device_ids=[device.index] if device.type == "cuda" else None,
-                find_unused_parameters=bool(getattr(task, "find_unused_parameters", False)))
+                find_unused_parameters=task.find_unused_parameters)
         data = DataStream(cfg, info)
 
         start = 0
@@ -305,7 +301,7 @@ def run(cfg: Dict[str, Any], task_factory: Optional[Callable[..., TrainingTask]]
                 from torch.utils.tensorboard import SummaryWriter
 
                 writer = SummaryWriter(log_dir=str(out_dir / "tb"), purge_step=start if start else None)
-            name = getattr(task.export_model(), "model_name", type(module).__name__)
+            name = task.export_model().model_name
             n_params = sum(p.numel() for p in module.parameters() if p.requires_grad)
             print(f"training {name} ({n_params / 1e6:.2f} M trainable) task={cfg.get('task', 'madis')} "
                   f"on {info.world_size} x {device} amp={amp_dtype} steps {start}->{total} "
@@ -318,7 +314,7 @@ def run(cfg: Dict[str, Any], task_factory: Optional[Callable[..., TrainingTask]]
                 export = task.export_model()
                 write_atomically({
                     "version": CHECKPOINT_VERSION, "step": step, "world_size": info.world_size,
-                    "model_name": getattr(export, "model_name", None), "model_config": getattr(export, "model_config", {}),
+                    "model_name": export.model_name, "model_config": export.model_config,
                     "model": module.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "task": task.state_dict(),
                     "rng": rngs, "data": streams, "config": cfg,

@@ -78,53 +78,31 @@ Contract, method by method (the engine calls them in this order):
     sample. Called on rank 0 only, under ``torch.no_grad``.
 
 Tasks are looked up by the config's ``task`` key through ``get_task(name)``;
-``register_task(name)`` registers a class. ``madis`` and ``madis-supervised`` are
-built in; ``distill`` is registered when ``madis_core.training.distill`` is importable.
+``register_task(name)`` registers a class (``madis_core.registry.Registry``: a name
+taken by another class is refused). Importing ``madis_core.training`` registers the
+built-in tasks: ``madis``, ``madis-supervised`` (``madis_task``), ``distill`` and
+``student-supervised`` (``distill``).
 """
 from __future__ import annotations
 
-import importlib
 from typing import Any, Callable, Dict, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-_TASKS: Dict[str, Callable[..., "TrainingTask"]] = {}
+from madis_core.registry import Registry
 
-# Modules whose import registers tasks; a module not written yet is skipped.
-_TASK_MODULES = ("madis_core.training.madis_task", "madis_core.training.distill")
+TASKS: Registry[Callable[..., "TrainingTask"]] = Registry("training task")
 
 
 def register_task(name: str):
     """Class decorator: make ``cfg["task"] == name`` build this task."""
-
-    def decorator(cls):
-        _TASKS[name] = cls
-        return cls
-
-    return decorator
-
-
-def _load_task_modules() -> None:
-    for mod in _TASK_MODULES:
-        try:
-            importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod:
-                raise
-
-
-def list_tasks() -> list:
-    _load_task_modules()
-    return sorted(_TASKS)
+    return TASKS.decorator(name)
 
 
 def get_task(name: str) -> Callable[..., "TrainingTask"]:
-    _load_task_modules()
-    if name not in _TASKS:
-        raise KeyError(f"unknown training task {name!r}; registered tasks: {', '.join(sorted(_TASKS)) or 'none'}")
-    return _TASKS[name]
+    return TASKS.get(name)
 
 
 class TrainingTask:

@@ -8,8 +8,6 @@ key (default ``madis``). Multi-GPU / multi-node: start it with torchrun, e.g.
 from __future__ import annotations
 
 import argparse
-import sys
-from typing import List, Optional
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,12 +32,7 @@ def run(args: argparse.Namespace, task_factory=None) -> int:
     return 0
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    """``python -m madis_core.training.train`` (what torchrun runs): the same as ``madis train``."""
-    from madis_core.cli import main as cli_main
+if __name__ == "__main__":  # python -m madis_core.training.train (what torchrun runs): `madis train`
+    from madis_core.command import run_as_main
 
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    run_as_main("madis train")

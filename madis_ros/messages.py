@@ -1,4 +1,9 @@
-"""numpy results -> the ROS messages the node publishes (and back, for tests and bag tools).
+"""The one ROS message layer: numpy results -> messages, and back, for the node and the bag tools.
+
+Every builder takes ``kit`` (``madis_ros.msgkit``): ``RCLPY`` (the default) builds rclpy
+messages to publish, ``ROSBAGS`` the rosbags dataclasses a bag stores; the bytes they
+serialise to are identical (``test_bag.py`` checks it). ``header`` is any header (rclpy or
+rosbags): its stamp and frame_id are copied. Decoders are duck-typed and read both.
 
 Public API (stable):
     make_disparity_image(disparity, camera, header, min_disparity, max_disparity, delta_d)
@@ -19,6 +24,9 @@ Public API (stable):
         whose bits are 0x00RRGGBB (what RViz's RGB8 transformer reads). Vectorised.
     pointcloud2_to_numpy(msg) -> (points float32 HxWx3, colors uint8 HxWx3 or None)
     valid_window(disparity) -> (x_offset, y_offset, width, height)
+    camera_info_msgs(camera, left_header, right_header) -> (left, right) CameraInfo of a rectified
+        pair (plumb_bob, zero distortion, R = I, P from ``StereoCamera.projection_matrices``)
+    clock_msg(ns) -> rosgraph_msgs/Clock
 
 Why: units and invalid markers are the classic source of bugs between stereo nodes
 (16UC1 mm vs 32FC1 m, NaN vs 0), so every choice is made here once and documented.
@@ -28,7 +36,7 @@ passes with no Python loops: the point cloud's interleaved x,y,z,rgb buffer come
 ``cv2.cvtColor`` (3 -> 4 channels, ~0.5 ms at 640x480) instead of numpy field-by-field
 strided writes into a structured array (~6-8 ms), the rgb word from one BGRA conversion
 viewed as uint32, and every message's ``data`` is filled with a single copy
-(``set_uint8_data``). benchmarks/node_latency.py --overhead-only measures the whole path.
+(``msgkit.set_uint8_data``). benchmarks/node_latency.py --overhead-only measures the whole path.
 """
 from __future__ import annotations
 
@@ -39,18 +47,11 @@ import numpy as np
 
 from madis_core.camera import StereoCamera
 from madis_core.io import colorize_disparity, depth_to_millimetres
-from madis_ros.image_conversion import image_to_numpy, numpy_to_image, set_uint8_data
+from madis_ros.image_conversion import image_to_numpy, numpy_to_image
+from madis_ros.msgkit import RCLPY, MessageKit
 
-
-
-def _copy_header(header: Any):
-    from std_msgs.msg import Header
-
-    h = Header()
-    if header is not None:
-        h.stamp = header.stamp
-        h.frame_id = header.frame_id
-    return h
+#: sensor_msgs/PointField datatype FLOAT32
+_FLOAT32 = 7
 
 
 def valid_window(disparity: np.ndarray) -> Tuple[int, int, int, int]:
@@ -77,25 +78,17 @@ def disparity_body(disparity: np.ndarray, min_disparity: float) -> Tuple[np.ndar
 
 
 def make_disparity_image(disparity: np.ndarray, camera: StereoCamera, header: Any,
-                         min_disparity: float, max_disparity: float, delta_d: float):
+                         min_disparity: float, max_disparity: float, delta_d: float, kit: MessageKit = RCLPY):
     """stereo_msgs/DisparityImage as ros-conventions.md describes it (see module doc)."""
-    from stereo_msgs.msg import DisparityImage
-
     d = np.asarray(disparity, dtype=np.float32)
     if d.shape != (camera.height, camera.width):
         raise ValueError(f"disparity {d.shape[1]}x{d.shape[0]} does not match camera {camera.width}x{camera.height}")
-    msg = DisparityImage()
-    msg.header = _copy_header(header)
     body, (x, y, w, h) = disparity_body(d, min_disparity)
-    numpy_to_image(body, "32FC1", header=_copy_header(header), msg=msg.image)
-    msg.f = float(camera.fx)
-    msg.t = float(camera.baseline)
-    msg.valid_window.x_offset, msg.valid_window.y_offset = x, y
-    msg.valid_window.width, msg.valid_window.height = w, h
-    msg.min_disparity = float(min_disparity)
-    msg.max_disparity = float(max_disparity)
-    msg.delta_d = float(delta_d)
-    return msg
+    roi = kit.make("sensor_msgs/msg/RegionOfInterest", x_offset=x, y_offset=y, height=h, width=w, do_rectify=False)
+    return kit.make("stereo_msgs/msg/DisparityImage", header=kit.copy_header(header),
+                    image=numpy_to_image(body, "32FC1", header=header, kit=kit), f=float(camera.fx),
+                    t=float(camera.baseline), valid_window=roi, min_disparity=float(min_disparity),
+                    max_disparity=float(max_disparity), delta_d=float(delta_d))
 
 
 def disparity_from_msg(msg: Any) -> np.ndarray:
@@ -105,29 +98,29 @@ def disparity_from_msg(msg: Any) -> np.ndarray:
     return d
 
 
-def make_depth_image(depth_m: np.ndarray, header: Any, encoding: str = "32FC1"):
+def make_depth_image(depth_m: np.ndarray, header: Any, encoding: str = "32FC1", kit: MessageKit = RCLPY):
     """Depth image: 32FC1 metres (NaN invalid) or 16UC1 millimetres (0 invalid)."""
     z = np.asarray(depth_m, dtype=np.float32)
     if encoding == "32FC1":
         ok = z > 0  # NaN compares false
         ok &= z < np.inf
-        return numpy_to_image(np.where(ok, z, np.float32(np.nan)), "32FC1", header=_copy_header(header))
+        return numpy_to_image(np.where(ok, z, np.float32(np.nan)), "32FC1", header=header, kit=kit)
     if encoding == "16UC1":
-        return numpy_to_image(depth_to_millimetres(z), "16UC1", header=_copy_header(header))
+        return numpy_to_image(depth_to_millimetres(z), "16UC1", header=header, kit=kit)
     raise ValueError(f"depth encoding must be '32FC1' (metres) or '16UC1' (millimetres), got {encoding!r}")
 
 
-def make_confidence_image(confidence: np.ndarray, header: Any):
+def make_confidence_image(confidence: np.ndarray, header: Any, kit: MessageKit = RCLPY):
     c = np.asarray(confidence, dtype=np.float32)
     c = np.where(np.isfinite(c), np.clip(c, 0.0, 1.0), np.float32(np.nan)).astype(np.float32)
-    return numpy_to_image(c, "32FC1", header=_copy_header(header))
+    return numpy_to_image(c, "32FC1", header=header, kit=kit)
 
 
 def make_color_disparity_image(disparity: np.ndarray, header: Any, max_disparity: Optional[float] = None,
-                               min_disparity: float = 0.0):
+                               min_disparity: float = 0.0, kit: MessageKit = RCLPY):
     """rgb8 turbo colouring (``madis_core.io.colorize_disparity``; invalid -> black)."""
     rgb = colorize_disparity(disparity, max_disparity=max_disparity, min_disparity=min_disparity)
-    return numpy_to_image(rgb, "rgb8", header=_copy_header(header))
+    return numpy_to_image(rgb, "rgb8", header=header, kit=kit)
 
 
 def pack_rgb(colors: np.ndarray) -> np.ndarray:
@@ -159,10 +152,8 @@ def _all_finite(a: np.ndarray) -> bool:
     return bool(np.isfinite(a).all())
 
 
-def make_pointcloud2(points: np.ndarray, header: Any, colors: Optional[np.ndarray] = None):
+def make_pointcloud2(points: np.ndarray, header: Any, colors: Optional[np.ndarray] = None, kit: MessageKit = RCLPY):
     """PointCloud2 with x, y, z (+ rgb) float32 fields; organized if ``points`` is hxwx3."""
-    from sensor_msgs.msg import PointCloud2, PointField
-
     pts = np.asarray(points, dtype=np.float32)
     if pts.ndim == 2 and pts.shape[1] == 3:
         pts = pts[None]
@@ -182,16 +173,11 @@ def make_pointcloud2(points: np.ndarray, header: Any, colors: Optional[np.ndarra
         # x, y, z, 1.0 interleaved in one OpenCV pass, then the rgb word over the 1.0
         body = cv2.cvtColor(pts, cv2.COLOR_RGB2RGBA) if pts.size else np.empty((h, w, 4), np.float32)
         body.view(np.uint32)[..., 3] = pack_rgb(col).view(np.uint32)  # bits copied, never converted
-    msg = PointCloud2()
-    msg.header = _copy_header(header)
-    msg.height, msg.width = h, w
-    msg.fields = [PointField(name=n, offset=4 * i, datatype=PointField.FLOAT32, count=1) for i, n in enumerate(names)]
-    msg.is_bigendian = False
-    msg.point_step = 4 * len(names)
-    msg.row_step = msg.point_step * w
-    msg.is_dense = _all_finite(pts)
-    set_uint8_data(msg, body)
-    return msg
+    fields = [kit.make("sensor_msgs/msg/PointField", name=n, offset=4 * i, datatype=_FLOAT32, count=1)
+              for i, n in enumerate(names)]
+    step = 4 * len(names)
+    return kit.make("sensor_msgs/msg/PointCloud2", header=kit.copy_header(header), height=h, width=w, fields=fields,
+                    is_bigendian=False, point_step=step, row_step=step * w, data=body, is_dense=_all_finite(pts))
 
 
 def pointcloud2_to_numpy(msg: Any) -> Tuple[np.ndarray, Optional[np.ndarray]]:
@@ -220,3 +206,22 @@ def pointcloud2_to_numpy(msg: Any) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         v = np.ascontiguousarray(rows[..., o:o + 4]).view(np.dtype(order + "u4"))[..., 0]
         colors = np.stack([(v >> 16) & 255, (v >> 8) & 255, v & 255], axis=-1).astype(np.uint8)
     return pts, colors
+
+
+def camera_info_msgs(camera: StereoCamera, left_header: Any, right_header: Any, kit: MessageKit = RCLPY):
+    """(left, right) CameraInfo of a rectified pair: plumb_bob with zero distortion, R = I,
+    K = P[:, :3], P_right[0,3] = -fx * baseline and P_right[0,2] = cx_left + doffs, as
+    stereo_image_proc expects."""
+    out = []
+    for p, header in zip(camera.projection_matrices(), (left_header, right_header)):
+        roi = kit.make("sensor_msgs/msg/RegionOfInterest", x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
+        out.append(kit.make("sensor_msgs/msg/CameraInfo", header=kit.copy_header(header), height=int(camera.height),
+                            width=int(camera.width), distortion_model="plumb_bob", d=np.zeros(5),
+                            k=np.ascontiguousarray(p[:, :3]).reshape(-1), r=np.eye(3).reshape(-1), p=p.reshape(-1),
+                            binning_x=0, binning_y=0, roi=roi))
+    return out[0], out[1]
+
+
+def clock_msg(ns: int, kit: MessageKit = RCLPY):
+    """rosgraph_msgs/Clock at ``ns`` nanoseconds (bag time for use_sim_time nodes)."""
+    return kit.make("rosgraph_msgs/msg/Clock", clock=kit.header(ns, "").stamp)
