@@ -31,11 +31,6 @@ import dataclasses
 import os
 import platform
 import sys
-
-# OpenMP threads that spin while waiting steal the CPU from the other nodes of a robot;
-# measured here, spinning made 2-thread CPU inference 3-10x slower under load. Must be
-# set before torch is imported (the estimator imports it).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import threading
 import time
 from collections import Counter, deque
