@@ -59,9 +59,9 @@ def make_estimator(name: str, runtime: str = "torch"):
     from madis_core.estimator import StereoEstimator
 
     if name.startswith("sgbm"):
-        return StereoEstimator.from_pretrained(name, num_disparities=128)
+        return StereoEstimator.from_pretrained(name, num_disparities=128, threads=torch.get_num_threads())
     random_init = shipped_weights(name) is None
-    kw = {"threads": torch.get_num_threads()} if runtime == "onnxruntime" else {}
+    kw = {"threads": torch.get_num_threads()}  # --threads, fixed (benchmarks/contention.py covers "auto")
     return StereoEstimator.from_pretrained(name, device="cpu", runtime=runtime, random_init=random_init, **kw)
 
 

@@ -115,8 +115,11 @@ def to_uint8_gray(img: np.ndarray) -> np.ndarray:
 class StereoEstimator:
     """Front end over one backend: input checks, timing, a stable result type."""
 
-    def __init__(self, backend: StereoBackend):
+    def __init__(self, backend: StereoBackend, threads: Any = None):
+        from madis_core.inference_threads import InferenceThreads  # thread policy: madis_core/runtime.py
+
         self.backend = backend
+        self.threads = InferenceThreads.for_backend(backend, threads)
 
     @classmethod
     def from_pretrained(
@@ -131,17 +134,22 @@ class StereoEstimator:
         shipped weights (``student``), or a weights file path.
 
         ``random_init=True`` builds an untrained registry model (tests, benchmarks).
+        ``threads``: CPU threads for inference, "auto" (default, ``madis_core.runtime``) or a count.
         Remaining keyword arguments go to the backend.
         """
         _load_backends()
         key = str(name_or_path)
+        threads = kwargs.pop("threads", None)
         if key in _BACKENDS and key not in ("torch", "onnxruntime"):
-            return cls(_BACKENDS[key](device=device, **kwargs))
+            return cls(_BACKENDS[key](device=device, **kwargs), threads)
         if runtime not in ("torch", "onnxruntime"):
             raise ValueError(f"unknown runtime {runtime!r}; use 'torch' or 'onnxruntime'")
         if runtime not in _BACKENDS:
             raise ValueError(f"runtime {runtime!r} is not available in this install")
-        return cls(_BACKENDS[runtime](model=key, device=device, precision=precision, **kwargs))
+        if runtime == "onnxruntime":  # its session's thread count is fixed when it is made
+            from madis_core.runtime import resolve_threads
+            kwargs["threads"] = resolve_threads(threads)
+        return cls(_BACKENDS[runtime](model=key, device=device, precision=precision, **kwargs), threads)
 
     # --- properties the node and evaluation use -------------------------------------
     @property
@@ -167,7 +175,8 @@ class StereoEstimator:
     def predict(self, left: np.ndarray, right: np.ndarray) -> StereoResult:
         left, right = check_pair(left, right)
         t0 = time.perf_counter()
-        res = self.backend.predict_checked(left, right)
+        with self.threads.run(left.shape):
+            res = self.backend.predict_checked(left, right)
         res.timings_ms.setdefault("total", (time.perf_counter() - t0) * 1e3)
         d = res.disparity
         if d.shape != left.shape[:2] or d.dtype != np.float32:

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
+from madis_core import runtime
 from madis_core.metrics import aggregate_metrics, compute_metrics
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
     parser.add_argument("--runtime", default="torch", choices=("torch", "onnxruntime"))
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU inference threads for every model (default auto, madis_core/runtime.py)")
     parser.add_argument("--random-init", action="store_true",
                         help="untrained registry models (pipeline checks and timing only)")
 
@@ -110,12 +113,15 @@ def build_estimator(name: str, dataset=None, **kwargs):
     from madis_core.estimator import StereoEstimator
 
     if _is_sgbm(name):
-        return StereoEstimator.from_pretrained(name, num_disparities=sgbm_disparities(dataset))
+        return StereoEstimator.from_pretrained(name, num_disparities=sgbm_disparities(dataset),
+                                               threads=kwargs.get("threads"))
     return StereoEstimator.from_pretrained(name, **kwargs)
 
 
 def _build(name: str, args, dataset=None):
     kw = {"random_init": True} if args.random_init else {}
+    if getattr(args, "threads", None) is not None:
+        kw["threads"] = args.threads
     return build_estimator(name, dataset, device=args.device, precision=args.precision, runtime=args.runtime, **kw)
 
 
@@ -143,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
 
         payload = {"results": results,
                    "environment": {"python": platform.python_version(), "torch": torch.__version__,
-                                   "threads": torch.get_num_threads(), "machine": platform.machine(),
+                                   "threads": getattr(args, "threads", None) or "auto", "cpu": runtime.describe(),
+                                   "machine": platform.machine(),
                                    "processor": platform.processor() or platform.machine()}}
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)

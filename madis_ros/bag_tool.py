@@ -222,6 +222,7 @@ def evaluate_bag(bag_path: str, estimator: Any, settings: Any = None, left: Opti
 
     summary: Dict[str, Any] = {
         "bag": str(bag_path), "model": getattr(estimator, "name", "?"), "device": getattr(estimator, "device", "?"),
+        "threads": getattr(getattr(estimator, "threads", None), "mode", None),
         "topics": {"left": st.left, "right": st.right, "left_info": st.left_info, "right_info": st.right_info,
                    "gt": st.gt},
         "frames": {"left_in": stats.left_in, "right_in": stats.right_in, "pairs": stats.pairs,
@@ -259,7 +260,8 @@ def print_eval_summary(s: Dict[str, Any]) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     settings = node_settings(args.model, args.device, args.precision, args.params_file,
-                             {"inference_scale": args.inference_scale, "max_disparity": args.max_disparity})
+                             {"inference_scale": args.inference_scale, "max_disparity": args.max_disparity,
+                              "threads": args.threads})
     estimator = build_estimator(settings)
     summary = evaluate_bag(args.bag, estimator, settings.processing_settings(), args.left_topic, args.right_topic,
                            args.left_info_topic,
@@ -566,6 +568,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--inference-scale", type=float, default=None, help="resize factor before the model (node parameter)")
     s.add_argument("--max-disparity", type=float, default=None, help="node parameter max_disparity (0 = model range)")
     s.add_argument("--max-frames", type=int, default=0, help="stop after this many frames (0 = all)")
+    s.add_argument("--threads", type=int, default=None, help="CPU inference threads (node parameter threads; "
+                   "default auto: affinity and cgroup quota, adapted to the load)")
     s.add_argument("--output-bag", help="write a copy of the bag with disparity/depth/points2 added")
     s.add_argument("--output-storage", choices=bag_io.STORAGES, help="storage of the output bag (default: the input's)")
     s.add_argument("--output-ns", help="namespace of the added topics (default: the left topic's, e.g. /stereo)")

@@ -76,6 +76,8 @@ PARAMS: Tuple[ParamSpec, ...] = (
               else "must be auto, cpu, cuda or cuda:N"),
     ParamSpec("precision", "fp32", "Inference precision for learned models on CUDA.", choices=("fp32", "fp16", "bf16")),
     ParamSpec("runtime", "torch", "Runtime for learned models.", choices=("torch", "onnxruntime")),
+    ParamSpec("threads", 0, "CPU threads for inference; 0 = auto: what the process may use (CPU affinity, cgroup "
+              "quota), adapted at run time to the load (madis_core/runtime.py).", check=_non_negative),
     ParamSpec("max_disparity", 0.0, "Largest disparity searched/kept, in inference pixels; 0 = the model's range. "
               "For sgbm it sets num_disparities (rounded up to a multiple of 16).", check=_non_negative),
     # --- resolution ---------------------------------------------------------------------------
@@ -134,6 +136,7 @@ class NodeSettings:
     device: str
     precision: str
     runtime: str
+    threads: int
     max_disparity: float
     inference_scale: float
     inference_width: int
@@ -166,6 +169,8 @@ class NodeSettings:
         opts: Dict[str, Any] = json.loads(self.model_options) if self.model_options else {}
         if self.model_random_init:
             opts.setdefault("random_init", True)
+        if self.threads:  # 0 = auto (madis_core/runtime.py)
+            opts.setdefault("threads", self.threads)
         if self.max_disparity > 0 and self.model in ("sgbm", "sgbm-3way"):
             opts.setdefault("num_disparities", int(math.ceil(self.max_disparity / 16.0)) * 16)
         return opts
