@@ -7,9 +7,9 @@ times the call, and restores the caller's setting.
 
 Adaptive mode (``threads="auto"`` on the CPU with more than one CPU available, the
 default): every candidate count (N, N/2, ..., 1) is timed on real frames and the fastest
-by recent median is used; one frame in ``explore_every`` (and one soon after a frame
-much slower than the recent median, i.e. when load appears) runs on another candidate
-to keep its figure fresh; a candidate that looked faster is tried again on the next
+by recent median is used; one frame in ``explore_every`` (20, doubling up to 160 while
+the current count stays the best; and one soon after a frame much slower than the
+recent median, i.e. when load appears) runs on another candidate to keep its figure fresh; a candidate that looked faster is tried again on the next
 frames until its recent median says so or not. Why: with two cores and another process holding one of them,
 two threads wait at every barrier for the thread that shares a core, and one thread is
 faster; on an idle machine two are faster. See ``benchmarks/contention.py --threads-study``
@@ -41,9 +41,10 @@ class AdaptiveThreadCount:
     """Timing-based choice between candidate thread counts (see module doc)."""
 
     def __init__(self, max_threads: int, window: int = 5, explore_every: int = 20, slow_factor: float = 1.5,
-                 switch_margin: float = 0.9, warmup: int = 2, min_gap: int = 3):
+                 switch_margin: float = 0.9, warmup: int = 2, min_gap: int = 3, max_backoff: int = 8):
         self.candidates = candidates(max_threads)
         self.window, self.explore_every, self.slow_factor = window, explore_every, slow_factor
+        self.gap, self.max_gap = explore_every, explore_every * max_backoff
         self.switch_margin, self.warmup, self.min_gap = switch_margin, warmup, min_gap
         self.samples: Dict[int, Deque[Tuple[int, float]]] = {n: deque(maxlen=window) for n in self.candidates}
         self.current = self.candidates[0]
@@ -60,6 +61,7 @@ class AdaptiveThreadCount:
             d.clear()
         self.frames = self.last_explore = 0
         self.pending = None
+        self.gap = self.explore_every
 
     def choose(self, key: Any = None) -> int:
         if key != self.key:
@@ -67,7 +69,7 @@ class AdaptiveThreadCount:
         return self.pending if self.pending is not None else self.current
 
     def _median(self, n: int) -> Optional[float]:
-        horizon = self.frames - 3 * self.explore_every  # older figures say little about the load now
+        horizon = self.frames - 3 * self.gap  # older figures say little about the load now
         vals = [ms for f, ms in self.samples[n] if f > horizon]
         return statistics.median(vals) if vals else None
 
@@ -95,15 +97,19 @@ class AdaptiveThreadCount:
         if best != self.current and cur is not None:
             self.current = best
             self.switches += 1
+            self.gap = self.explore_every
             return
         untried = [c for c in self.candidates if not self.samples[c]]
         if untried and self.frames - self.warmup >= 2:
             self.pending = untried[0]
         elif n != self.current and cur is not None and ms < self.switch_margin * cur:
             self.pending = n  # looked faster: confirm on the next frames (its older figures may predate the change)
-        elif n == self.current and cur is not None and len(self.samples[n]) >= 3 and ms > self.slow_factor * cur:
+        elif n != self.current:  # the current count is still the best: look again less often
+            self.gap = min(2 * self.gap, self.max_gap)
+        elif cur is not None and len(self.samples[n]) >= 3 and ms > self.slow_factor * cur:
+            self.gap = self.explore_every  # a frame much slower than usual: the load may have changed
             self._explore()
-        elif self.frames - self.last_explore >= self.explore_every:
+        elif self.frames - self.last_explore >= self.gap:
             self._explore()
 
     def summary(self) -> Dict[str, Any]:

@@ -104,6 +104,8 @@ def load_estimator(settings: NodeSettings, logger: Any):
             logger.info(f"model {settings.model} runs on the CPU")
         else:
             logger.warning("device auto: no CUDA device available, running on the CPU (expect much higher latency)")
+    from madis_core.runtime import describe  # the thread policy and count (issue 18)
+    logger.info(f"inference threads: {est.threads.mode} ({describe()})")
     return est
 
 

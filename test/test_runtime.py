@@ -218,14 +218,15 @@ def test_adaptive_count_follows_the_faster_setting():
             used.append(n)
         return used
 
-    used = frames(40)
-    assert 1 in used and ctl.current == 2 and used[-5:].count(2) >= 4, used
+    used = frames(200)
+    assert 1 in used and ctl.current == 2, used
+    assert used[-100:].count(1) <= 2, "exploration must back off while the current count stays the best"
     speed.update({2: 100.0, 1: 55.0})  # another process takes a core: 1 thread is now faster
     used = frames(12)
-    assert ctl.current == 1 and used[-3:] == [1, 1, 1], used
+    assert ctl.current == 1 and used[-6:].count(1) >= 5, used
     speed.update({2: 40.0, 1: 60.0})  # and leaves again: periodic exploration finds 2 again
-    frames(40)
-    assert ctl.current == 2, ctl.summary()
+    used = frames(40)
+    assert ctl.current == 2 and used[-10:].count(2) >= 9, used
     n_before = ctl.frames
     ctl.choose((240, 320))  # a new input size starts over
     assert ctl.frames == 0 and n_before > 0
