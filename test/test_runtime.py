@@ -59,11 +59,11 @@ import json; print(json.dumps({"policy": os.environ.get("OMP_WAIT_POLICY"), "set
     ours, err = run_py(code)
     assert ours["policy"] == "PASSIVE" and ours["set"] == {"OMP_WAIT_POLICY": "PASSIVE"}, ours
     assert not ours["spinning"] and "imported after" not in err
-    assert ours["idle_cpu"] < 0.1, f"idle OpenMP threads burned {ours['idle_cpu']:.2f} s of CPU in 1 s of sleep"
+    assert ours["idle_cpu"] < 0.05, f"idle OpenMP threads burned {ours['idle_cpu']:.2f} s of CPU in 1 s of sleep"
     users, err = run_py(code, clean_env(OMP_WAIT_POLICY="ACTIVE"))
     assert users["policy"] == "ACTIVE" and users["set"] == {}, users
     # the check above can fail: with the user's ACTIVE policy the idle worker spins through the sleep
-    assert users["idle_cpu"] > 0.2, f"ACTIVE policy, yet only {users['idle_cpu']:.2f} s of idle CPU"
+    assert users["idle_cpu"] > 0.15, f"ACTIVE policy, yet only {users['idle_cpu']:.2f} s of idle CPU"
 
 
 PROBE_ESTIMATOR = """
@@ -101,9 +101,7 @@ def test_torch_imported_first_warns_and_runs_one_thread():
     assert "imported after torch" in err and "OMP_WAIT_POLICY=PASSIVE" in err, err[-2000:]
     assert out["mode"] == "1" and out["seen"] == [1, 1, 1], out
     assert out["after"] == 2, "the caller's torch thread count must be restored after predict"
-    # an explicit count still wins, and a user who exported the policy gets no warning and all cores
-    out, err = probe(2, first="import torch, madis_core")
-    assert out["mode"] == "2" and out["seen"] == [2, 2, 2], out
+    # a user who exported the policy gets no warning and all cores
     out, err = probe(first="import torch, madis_core", env=clean_env(OMP_WAIT_POLICY="PASSIVE"))
     assert "imported after" not in err and out["mode"] == f"adaptive 1..{NCPU}", (out, err[-2000:])
 
@@ -116,8 +114,6 @@ def test_thread_count_follows_affinity_and_explicit_settings():
     out, _ = probe()
     assert out["available"] == NCPU and out["mode"] == f"adaptive 1..{NCPU}", out
     assert set(out["seen"]) <= set(candidates(NCPU)) and out["after"] == 2, out
-    out, _ = probe(1)
-    assert out["mode"] == "1" and out["seen"] == [1, 1, 1], out
     out, _ = probe(env=clean_env(OMP_NUM_THREADS="1"))  # the user's environment is an explicit choice
     assert out["mode"] == "1" and out["resolved"] == 1, out
     # taskset on a running interpreter's child process: the same through the command line
@@ -128,9 +124,29 @@ def test_thread_count_follows_affinity_and_explicit_settings():
         assert r.stdout.split() == ["1", "1"], r.stdout
 
 
-def test_threads_argument_is_validated():
-    from madis_core import StereoEstimator
+def test_explicit_threads_apply_during_predict_only_and_are_validated():
+    import torch
+    from skimage import data
 
+    from madis_core import StereoEstimator
+    from madis_core.backends.torch_backend import TorchBackend
+
+    class Probe(TorchBackend):  # the real student-lite, recording the thread count its forward ran with
+        seen: list = []
+
+        def predict_tensors(self, left, right):
+            Probe.seen.append(torch.get_num_threads())
+            return super().predict_tensors(left, right)
+
+    left, right, _ = data.stereo_motorcycle()
+    caller = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        est = StereoEstimator(Probe("student-lite", device="cpu"), 1)
+        est.predict(left[:96, :160], right[:96, :160])
+        assert est.threads.mode == "1" and Probe.seen == [1] and torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(caller)
     assert StereoEstimator.from_pretrained("sgbm", threads=1).threads.mode == "1"
     assert runtime.parse_threads("auto") == 0 and runtime.parse_threads(None) == 0 and runtime.parse_threads(3) == 3
     for bad in (-1, "two", 1.5):
