@@ -6,8 +6,6 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 REQS := requirements/core.txt requirements/test.txt $(if $(ROS_DISTRO),,requirements/ros.txt)
 STAMP := $(VENV)/.installed-$(if $(ROS_DISTRO),$(ROS_DISTRO),pypi)
-# Idle OpenMP threads sleep instead of spinning (CPU inference shares 2 cores with DDS).
-export OMP_WAIT_POLICY ?= PASSIVE
 export PYTHONUNBUFFERED := 1
 
 .PHONY: venv demo test bench clean

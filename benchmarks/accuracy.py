@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
+import madis_core  # noqa: E402,F401  (first: the thread policy, madis_core/runtime.py)
 import torch  # noqa: E402
 
 from madis_core.checkpoint import shipped_weights  # noqa: E402
@@ -45,7 +43,7 @@ def main(argv=None) -> int:
     for spec in args.datasets.split(","):
         data = build_dataset(spec)
         for label, source in models:
-            est = build_estimator(source, device=args.device, max_disparity=search_range(data))
+            est = build_estimator(source, device=args.device, max_disparity=search_range(data), threads=args.threads)
             row = {"model": label, "dataset": spec, **evaluate(est, data)}
             rows.append(row)
             print(f"  evaluated {label} on {spec}", file=sys.stderr, flush=True)

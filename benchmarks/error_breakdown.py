@@ -22,8 +22,7 @@ import argparse
 import os
 import sys
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
+import madis_core  # noqa: E402,F401  (first: the thread policy, madis_core/runtime.py)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from scipy import ndimage  # noqa: E402
@@ -88,7 +87,7 @@ def main(argv=None) -> int:
     print("| model | bad-2 % | " + " | ".join(f"bad-2 in {k} (% of all)" for k in names) + " |")
     print("| --- " * (2 + len(names)) + "|")
     for spec in args.model or ["sgbm", "student"]:
-        pred = build_estimator(spec, max_disparity=search_range(data)).predict(sample["left"], sample["right"]).disparity
+        pred = build_estimator(spec, max_disparity=search_range(data), threads=args.threads).predict(sample["left"], sample["right"]).disparity
         err, _ = error_map(pred, gt, sample.get("valid"))  # holes are inf: they count as errors
         bad = valid & (err > 2)
         cells = [f"{100 * (bad & masks[k]).sum() / n:.2f}" for k in names]

@@ -13,8 +13,9 @@ Writes inference.json and inference.csv to --out.
 OpenMP wait policy: PyTorch's intra-op threads spin at every parallel region by default;
 when other processes keep the cores busy, a descheduled spinning thread stalls the others
 (measured here under load: student at 320x240, 2 threads, 1.9 s per predict spinning vs
-0.02 s passive). The node sets OMP_WAIT_POLICY=PASSIVE, so this benchmark does too (before
-torch is imported) unless the environment already says otherwise.
+0.02 s passive). madis_core, imported first, sets OMP_WAIT_POLICY=PASSIVE unless the
+environment already says otherwise (madis_core/runtime.py); benchmarks/contention.py
+measures contention itself.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch / onnxruntime load OpenMP
+import madis_core  # noqa: E402,F401  (first: the thread policy, madis_core/runtime.py)
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
@@ -60,12 +61,12 @@ def build(spec: str, device: str, precision: str, threads: int = 0):
     name, _, runtime = spec.partition("@")
     runtime = runtime or "torch"
     if is_classical(name):
-        return build_estimator(name), "classical"
+        return build_estimator(name, threads=threads or None), "classical"
     trained = shipped_weights(name) is not None
     kw = {} if trained else {"random_init": True}
     if not trained:
         torch.manual_seed(0)  # the same untrained weights every run: the ONNX export cache is keyed by them
-    if runtime == "onnxruntime" and threads > 0:
+    if threads > 0:
         kw["threads"] = threads  # the same thread count as torch.set_num_threads
     est = build_estimator(name, device=device, precision=precision, runtime=runtime, **kw)
     return est, "trained" if trained else "untrained"

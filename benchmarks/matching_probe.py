@@ -22,8 +22,7 @@ import os
 import sys
 import time
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
+import madis_core  # noqa: F401  (first: the thread policy, madis_core/runtime.py)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 

@@ -59,10 +59,9 @@ for _p in (str(REPO), str(REPO / "test")):
 from madis_ros.transport import default_to_shared_memory  # noqa: E402
 
 default_to_shared_memory()  # all its processes share this machine; a transport the user set is kept
-# as the node does (stereo_node.py), before anything imports torch: spinning OpenMP threads
-# make 2-thread CPU inference many times slower on a busy machine and would inflate the
-# CPU-time figures below (spinning counts as CPU time)
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# madis_ros imported madis_core above, whose thread policy (madis_core/runtime.py) sets
+# OMP_WAIT_POLICY=PASSIVE before anything imports torch: spinning OpenMP threads would
+# inflate the CPU-time figures below (spinning counts as CPU time)
 
 DEFAULT_DOMAIN = 97
 TARGET_MS = 10.0

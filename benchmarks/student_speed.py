@@ -59,9 +59,9 @@ def make_estimator(name: str, runtime: str = "torch"):
     from madis_core.estimator import build_estimator, is_classical
 
     if is_classical(name):
-        return build_estimator(name)  # its default search range, 128 disparities
+        return build_estimator(name, threads=torch.get_num_threads())  # its default search range, 128 disparities
     random_init = shipped_weights(name) is None
-    kw = {"threads": torch.get_num_threads()} if runtime == "onnxruntime" else {}
+    kw = {"threads": torch.get_num_threads()}  # --threads, fixed (benchmarks/contention.py covers "auto")
     return build_estimator(name, device="cpu", runtime=runtime, random_init=random_init, **kw)
 
 

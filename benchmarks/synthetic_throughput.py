@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--json", help="also write the result here")
     args = ap.parse_args()
 
+    import madis_core  # noqa: F401  (first: the thread policy, madis_core/runtime.py)
     import torch
 
     torch.set_num_threads(args.threads)

@@ -4,6 +4,8 @@ No ROS imports anywhere in this package.
 
 Modules, lowest layer first (a module imports only from its own layer or below;
 ``test/test_import_graph.py`` checks it):
+- ``runtime`` (the thread policy, applied first, on import), ``inference_threads`` (the
+  per-call thread count);
 - ``registry`` (the registry helper), ``camera`` (rectified geometry), ``io`` (PFM, PNG,
   PLY), ``metrics``, ``rectify`` (rectification maps from a calibration), ``command``;
 - ``models`` (registry with ``ModelMeta``, networks, SGBM entries), ``data`` (datasets,
@@ -15,9 +17,14 @@ Modules, lowest layer first (a module imports only from its own layer or below;
 - ``evaluate``, ``predict``, ``training`` (engine, tasks, ``madis train``/``distill``);
 - ``cli`` (the ``madis`` command).
 """
-from madis_core.camera import StereoCamera
-from madis_core.estimator import StereoEstimator, StereoResult, build_estimator, list_backends
-from madis_core.metrics import aggregate_metrics, compute_metrics
+# First, before anything here imports torch or onnxruntime: the thread policy for a
+# shared CPU (OMP_WAIT_POLICY=PASSIVE unless the user's environment says otherwise).
+from madis_core.runtime import apply_thread_policy as _apply_thread_policy
+
+_apply_thread_policy()
+from madis_core.camera import StereoCamera  # noqa: E402
+from madis_core.estimator import StereoEstimator, StereoResult, build_estimator, list_backends  # noqa: E402
+from madis_core.metrics import aggregate_metrics, compute_metrics  # noqa: E402
 
 __version__ = "0.1.0"
 __all__ = ["StereoCamera", "StereoEstimator", "StereoResult", "aggregate_metrics", "build_estimator",

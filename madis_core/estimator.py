@@ -76,14 +76,16 @@ def build_estimator(model: Any, device: str = "auto", precision: str = "fp32", r
     ``random_init`` (an untrained network, for tests and timing) apply to networks.
     ``max_disparity`` > 0 sets a classical method's search range (a network's range is its
     own; the frame pipeline invalidates disparities above a limit). ``options`` go to the
-    backend (e.g. ``block_size`` for SGBM, ``threads`` for onnxruntime).
+    backend (e.g. ``block_size`` for SGBM). ``threads``: CPU threads for inference, "auto"
+    (default: affinity and cgroup quota, adapted to the load, ``madis_core.runtime``) or a count.
     """
+    threads = options.pop("threads", None)
     if is_classical(model):
         meta = get_entry(model).meta
         opts = {**meta.backend_options, **options}
         if max_disparity > 0:  # classical backends take their search range as max_disparity
             opts.setdefault("max_disparity", float(max_disparity))
-        return StereoEstimator(_backend(meta.backend)(device=device, **opts))
+        return StereoEstimator(_backend(meta.backend)(device=device, **opts), threads)
     if runtime not in RUNTIMES:
         raise ValueError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
     try:
@@ -92,15 +94,21 @@ def build_estimator(model: Any, device: str = "auto", precision: str = "fp32", r
         raise ValueError(f"runtime {runtime!r} is not available in this install") from None
     if random_init:
         options["random_init"] = True
+    if runtime == "onnxruntime":  # its session's thread count is fixed when it is made
+        from madis_core.runtime import resolve_threads
+        options["threads"] = resolve_threads(threads)
     key = model if not isinstance(model, os.PathLike) else os.fspath(model)
-    return StereoEstimator(factory(model=key, device=device, precision=precision, **options))
+    return StereoEstimator(factory(model=key, device=device, precision=precision, **options), threads)
 
 
 class StereoEstimator:
     """Front end over one backend: input checks, timing, a stable result type."""
 
-    def __init__(self, backend: StereoBackend):
+    def __init__(self, backend: StereoBackend, threads: Any = None):
+        from madis_core.inference_threads import InferenceThreads  # thread policy: madis_core/runtime.py
+
         self.backend = backend
+        self.threads = InferenceThreads.for_backend(backend, threads)
 
     @classmethod
     def from_pretrained(cls, name_or_path: Any, device: str = "auto", precision: str = "fp32",
@@ -123,7 +131,8 @@ class StereoEstimator:
     def predict(self, left: np.ndarray, right: np.ndarray) -> StereoResult:
         left, right = check_pair(left, right)
         t0 = time.perf_counter()
-        res = self.backend.predict_checked(left, right)
+        with self.threads.run(left.shape):
+            res = self.backend.predict_checked(left, right)
         res.timings_ms.setdefault("total", (time.perf_counter() - t0) * 1e3)
         d = res.disparity
         if d.shape != left.shape[:2] or d.dtype != np.float32:

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
+from madis_core import runtime
 from madis_core.estimator import build_estimator, is_classical
 from madis_core.metrics import aggregate_metrics, compute_metrics
 from madis_core.models.classical import SGBM_DEFAULT_DISPARITIES
@@ -98,13 +99,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default auto)")
     parser.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"))
     parser.add_argument("--runtime", default="torch", choices=("torch", "onnxruntime"))
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU inference threads for every model (default auto, madis_core/runtime.py)")
     parser.add_argument("--random-init", action="store_true",
                         help="untrained registry models (pipeline checks and timing only)")
 
 
 def _build(name: str, args, dataset=None):
     return build_estimator(name, device=args.device, precision=args.precision, runtime=args.runtime,
-                           random_init=args.random_init, max_disparity=search_range(dataset))
+                           random_init=args.random_init, max_disparity=search_range(dataset),
+                           threads=getattr(args, "threads", None))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -131,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
 
         payload = {"results": results,
                    "environment": {"python": platform.python_version(), "torch": torch.__version__,
-                                   "threads": torch.get_num_threads(), "machine": platform.machine(),
+                                   "threads": getattr(args, "threads", None) or "auto",
+                                   "cpu": runtime.describe(), "machine": platform.machine(),
                                    "processor": platform.processor() or platform.machine()}}
         out = Path(args.json)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: the shipped student, else sgbm)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--threads", type=int, default=None, help="CPU inference threads (default auto, madis_core/runtime.py)")
     p.add_argument("--out", default="predict_out", help="output folder")
     cal = p.add_argument_group("calibration (for depth and the point cloud)")
     cal.add_argument("--fx", type=float, help="focal length in px")
@@ -37,7 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     left, right = read_image(args.left), read_image(args.right)
-    est = build_estimator(args.model or default_model(), device=args.device, precision=args.precision)
+    est = build_estimator(args.model or default_model(), device=args.device, precision=args.precision,
+                          threads=args.threads)
     h, w = left.shape[:2]
     camera = None
     if args.fx and args.baseline:

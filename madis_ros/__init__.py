@@ -24,3 +24,6 @@ attributes, e.g. rosbags' deserialised messages):
 
 ``madis_core`` never imports ROS; this package may import ``madis_core``.
 """
+# madis_core first: its import applies the thread policy (madis_core/runtime.py) before
+# any madis_ros module or entry point (node, madis-bag, demo) loads torch's OpenMP.
+import madis_core  # noqa: E402,F401

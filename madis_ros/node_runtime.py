@@ -35,6 +35,8 @@ def load_estimator(settings: Any, logger: Any):
             logger.warning("device auto: no CUDA device available, running on the CPU (expect much higher latency)")
         else:
             logger.info(f"model {est.name} runs on the CPU")
+    from madis_core.runtime import describe  # the thread policy and count (README "On a shared CPU")
+    logger.info(f"inference threads: {est.threads.mode} ({describe()})")
     return est
 
 

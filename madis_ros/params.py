@@ -81,6 +81,8 @@ PARAMS: Tuple[ParamSpec, ...] = (
               else "must be auto, cpu, cuda or cuda:N"),
     ParamSpec("precision", "fp32", "Inference precision for learned models on CUDA.", choices=("fp32", "fp16", "bf16")),
     ParamSpec("runtime", "torch", "Runtime for learned models.", choices=("torch", "onnxruntime")),
+    ParamSpec("threads", 0, "CPU threads for inference; 0 = auto: what the process may use (CPU affinity, cgroup "
+              "quota), adapted at run time to the load (madis_core/runtime.py).", limits=(0, 1024)),
     ParamSpec("max_disparity", 0.0, "Largest disparity searched/kept, in inference pixels; 0 = the model's range. "
               "For sgbm it sets num_disparities (rounded up to a multiple of 16).", limits=(0.0, 4096.0)),
     # --- resolution ---------------------------------------------------------------------------
@@ -153,6 +155,7 @@ class NodeSettings:
     device: str
     precision: str
     runtime: str
+    threads: int
     max_disparity: float
     inference_scale: float
     inference_width: int
@@ -187,7 +190,8 @@ class NodeSettings:
         """Keyword arguments for ``madis_core.estimator.build_estimator`` (model_options last)."""
         opts: Dict[str, Any] = json.loads(self.model_options) if self.model_options else {}
         return {"model": self.model, "device": self.device, "precision": self.precision, "runtime": self.runtime,
-                "max_disparity": self.max_disparity, "random_init": self.model_random_init, **opts}
+                "max_disparity": self.max_disparity, "random_init": self.model_random_init,
+                "threads": self.threads or None, **opts}  # threads 0: auto (madis_core/runtime.py)
 
     def processing_settings(self) -> ProcessingSettings:
         return ProcessingSettings(

@@ -38,10 +38,7 @@ from madis_ros import process_signals
 if __name__ == "__main__":  # a signal during the imports below must not end in a traceback
     process_signals.install()
 
-# OpenMP threads that spin while waiting steal the CPU from the other nodes of a robot;
-# measured here, spinning made 2-thread CPU inference 3-10x slower under load. Must be
-# set before torch is imported (the estimator imports it).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# the thread policy for a shared CPU is set by importing madis_core (madis_ros/__init__.py)
 import time
 from collections import Counter
 from typing import Any, Dict, Optional

@@ -21,6 +21,7 @@ import sys
 
 import pytest
 
+import madis_core  # noqa: F401  (first, as users should: the thread policy before any test imports torch)
 from madis_ros.transport import apply_shared_memory_env
 
 #: beyond the pytest-timeout limit, so pytest-timeout reports first when it can (the environment

@@ -21,6 +21,8 @@ LAYERS: Tuple[Tuple[str, int], ...] = (
     # madis_core: leaves
     ("madis_core.registry", 0), ("madis_core.camera", 0), ("madis_core.io", 0), ("madis_core.metrics", 0),
     ("madis_core.command", 0), ("madis_core.rectify", 0),
+    # the thread policy (applied by the package's __init__ before anything loads torch)
+    ("madis_core.runtime", 0), ("madis_core.inference_threads", 0),
     # registry mechanism, classical entries (no torch), data
     ("madis_core.models.registry", 1), ("madis_core.models.classical", 1), ("madis_core.data", 1),
     # networks

@@ -194,7 +194,7 @@ def evaluate_bag(bag_path: str, estimator: Any, settings: NodeSettings, topics: 
                 out.close()
 
     summary: Dict[str, Any] = {
-        "bag": str(bag_path), "model": estimator.name, "device": estimator.device,
+        "bag": str(bag_path), "model": estimator.name, "device": estimator.device, "threads": estimator.threads.mode,
         "topics": {"left": st.left, "right": st.right, "left_info": st.left_info, "right_info": st.right_info,
                    "gt": st.gt},
         "frames": {"left_in": stats.left_in, "right_in": stats.right_in, "pairs": stats.pairs,
@@ -253,6 +253,8 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--inference-scale", type=float, default=None, help="resize factor before the model (node parameter)")
     s.add_argument("--max-disparity", type=float, default=None, help="node parameter max_disparity (0 = model range)")
     s.add_argument("--max-frames", type=int, default=0, help="stop after this many frames (0 = all)")
+    s.add_argument("--threads", type=int, default=None, help="CPU inference threads (node parameter threads; "
+                   "default auto: affinity and cgroup quota, adapted to the load)")
     s.add_argument("--output-bag", help="write a copy of the bag with disparity/depth/points2 added")
     s.add_argument("--output-storage", choices=STORAGES, help="storage of the output bag (default: the input's)")
     s.add_argument("--output-ns", help="namespace of the added topics (default: the left topic's, e.g. /stereo)")
@@ -266,7 +268,8 @@ def run(args: argparse.Namespace) -> int:
     sync = {} if args.slop is None else {"approximate_sync": args.slop > 0, "slop": args.slop or 0.01}
     settings = node_settings(args.params_file, {"model": args.model, "device": args.device,
                                                 "precision": args.precision, "inference_scale": args.inference_scale,
-                                                "max_disparity": args.max_disparity, **sync})
+                                                "max_disparity": args.max_disparity, "threads": args.threads,
+                                                **sync})
     estimator = load_estimator(settings, _StderrLogger())
     topics = TopicChoice(args.left_topic, args.right_topic, args.left_info_topic, args.right_info_topic,
                          args.gt_topic, args.gt_kind)
