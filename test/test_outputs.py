@@ -257,7 +257,8 @@ def test_parameter_defaults_are_valid_and_errors_are_listed():
         settings_from_dict({"min_depth": 3.0, "max_depth": 1.0})
     s = settings_from_dict({"model": "sgbm", "max_disparity": 70, "model_options": '{"block_size": 7}'})
     assert s.estimator_kwargs() == {"model": "sgbm", "device": "auto", "precision": "fp32", "runtime": "torch",
-                                    "max_disparity": 70.0, "random_init": False, "block_size": 7}
+                                    "max_disparity": 70.0, "random_init": False, "threads": None,
+                                    "block_size": 7}
     from madis_core.estimator import build_estimator
 
     assert build_estimator(**s.estimator_kwargs()).meta.max_disparity == 79  # 80 disparities: 70 rounded up to 16
