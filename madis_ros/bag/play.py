@@ -52,7 +52,7 @@ def play_bag(path: str, rate: float = 1.0, loop: bool = False, clock: bool = Fal
     many were published. Header stamps are not touched; with ``clock`` /clock carries the
     bag time (for nodes with use_sim_time), at ``clock_hz`` and at every new message time.
     ``wait_for_subscribers`` (s) waits until every camera topic (Image and CameraInfo, ground
-    truth excluded) has a subscriber: each topic is discovered on its own, and a frame sent
+    truth excluded), and /clock when it is played, has a subscriber: each topic is discovered on its own, and a frame sent
     before its camera_info subscription matched would reach the node without calibration."""
     import rclpy
     from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -93,10 +93,15 @@ def play_bag(path: str, rate: float = 1.0, loop: bool = False, clock: bool = Fal
             camera = [t for t in pubs if info[t].msgtype in (IMAGE, COMPRESSED_IMAGE, CAMERA_INFO)
                       and not is_ground_truth_topic(t)] or list(pubs)
             if wait_for_subscribers > 0:
+                # the camera topics, and /clock when it is played: a sim-time node (or anyone who
+                # reads bag time) that has not matched /clock yet would miss the first frames' time
+                waited = {remap.get(t, t): pubs[t] for t in camera}
+                if clock_pub is not None:
+                    waited["/clock"] = clock_pub
                 deadline = time.monotonic() + wait_for_subscribers
-                while any(pubs[t].get_subscription_count() == 0 for t in camera):
+                while any(p.get_subscription_count() == 0 for p in waited.values()):
                     if time.monotonic() > deadline:
-                        lonely = [remap.get(t, t) for t in camera if pubs[t].get_subscription_count() == 0]
+                        lonely = [t for t, p in waited.items() if p.get_subscription_count() == 0]
                         _warn(f"no subscriber on {lonely} after {wait_for_subscribers:g} s; playing anyway")
                         break
                     time.sleep(0.05)
@@ -202,6 +207,6 @@ def add_arguments(s: argparse.ArgumentParser) -> None:
     s.add_argument("--remap", nargs="+", metavar="FROM:=TO", help="publish a topic under another name")
     s.add_argument("--wait-for-subscribers", type=float, default=0.0, metavar="S",
                    help="wait up to S seconds until every Image/CameraInfo topic (ground truth excluded) "
-                        "has a subscriber")
+                        "and, with --clock, /clock has a subscriber")
     s.add_argument("--delay", type=float, default=0.0, help="sleep this long before playing (s)")
     s.add_argument("--ros-args", nargs=argparse.REMAINDER, default=None, help="passed to rclpy (e.g. -r __ns:=/x)")
