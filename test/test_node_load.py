@@ -5,8 +5,8 @@ best effort, stamped with the wall clock), the node (OpenCV SGBM with 256 dispar
 ~100 ms a pair on one core, so well under 30 Hz) and this process, which receives 'disparity'
 and /diagnostics and measures end-to-end latency as receipt time - header stamp.
 
-Checked: latency stays bounded (the last second's p95 is no more than the first
-second's p95 plus one inference time), every pair the node received is either
+Checked: latency stays bounded (the last second's p95 is no more than two inference
+times plus LATENCY_SLACK_MS for transport), every pair the node received is either
 processed or counted in a drop reason, pairs were really dropped (it was an overload),
 and the node's memory is flat. The figures are printed (run with -s to see them).
 """
@@ -27,6 +27,8 @@ from stereo_msgs.msg import DisparityImage  # noqa: E402
 
 DOMAIN = free_domain()
 W, H, RATE, DURATION = 640, 480, 30.0, 10.0
+#: transport, synchronisation and message building on top of two inference times (ms)
+LATENCY_SLACK_MS = 150.0
 
 
 @pytest.mark.timeout(150)
@@ -91,5 +93,10 @@ def test_overload_latency_bounded_drops_counted_memory_flat():
     assert processed + sum(drops.values()) == received, f"unaccounted pairs: {report}"
     assert set(k for k, v in drops.items() if v) == {"superseded"}, report
     assert n_out >= processed - 2, f"outputs lost between node and subscriber: {report}"
-    assert p95_last <= p95_first + inference_ms, f"latency grew under load: {report}"
+    # Newest pair only: behind the pair in inference waits at most one, so an output is at most
+    # about two inference times (plus transport) old, however long the overload lasts. (Comparing
+    # with the first second was too tight: the first pairs may find the worker idle, one
+    # inference old.) A queue would grow by ~0.8 s per second here and fail this by seconds.
+    bound = 2 * inference_ms + LATENCY_SLACK_MS
+    assert p95_last <= bound, f"latency grew under load (bound {bound:.0f} ms): {report}"
     assert rss_end.mean() - rss_start.mean() < 25.0, f"node memory grew: {report}"
