@@ -30,5 +30,7 @@ setup(
             "madis = madis_core.cli:main",
             "madis-bag = madis_ros.bag_tool:main",
         ],
+        # data sources for `madis adapt --data` that madis_core finds without importing madis_ros
+        "madis_core.pair_sources": ["rosbag2 = madis_ros.bag.pair_source:BagPairSource"],
     },
 )

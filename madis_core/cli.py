@@ -20,6 +20,7 @@ SUBCOMMANDS = {
     "train": ("madis_core.training.train", "train a model from a YAML config (CPU, GPU, torchrun DDP)"),
     "distill": ("madis_core.training.distill", "distil a teacher into the fast student"),
     "export": ("madis_core.export", "export a model to ONNX or TorchScript"),
+    "adapt": ("madis_core.adaptation.cli", "self-supervised adaptation to unlabeled pairs of your camera"),
 }
 
 

@@ -20,6 +20,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
+
 from madis_core.pipeline import FrameResult, InputTooSmallError, StereoFrameProcessor, inference_size
 from madis_ros.calibration import CalibrationCache, StereoCalibration
 from madis_ros.camera_info import CameraInfoError
@@ -60,9 +62,9 @@ def is_out_of_memory(e: BaseException) -> bool:
 
 
 class MessageFrameProcessor:
-    def __init__(self, processor: StereoFrameProcessor, topics: Optional[Dict[str, str]] = None,
+    def __init__(self, processor: Optional[StereoFrameProcessor], topics: Optional[Dict[str, str]] = None,
                  rectify: str = "auto", frame_id: str = ""):
-        """``topics``: role -> topic name used in the texts (default: the node's relative names);
+        """``processor``: the pipeline (None: ``decode`` only); ``topics``: role -> topic name used in the texts (default: the node's relative names);
         ``rectify``: auto, true or false (``calibration.RECTIFY_MODES``); ``frame_id``: the node's
         output frame parameter (empty: the left image's, which must then not be empty)."""
         self.processor = processor
@@ -81,6 +83,22 @@ class MessageFrameProcessor:
     def process(self, left: Any, right: Any, left_info: Any, right_info: Any,
                 compute_points: Optional[bool] = None) -> Frame:
         """The frame's result; raises FrameDropped for bad input or a failed inference."""
+        limg, rimg, cal = self.decode(left, right, left_info, right_info)
+        notes = self._notes(left, right, left_info, right_info, cal)
+        try:
+            valid = cal.rectifier.valid[0] if cal.rectifier is not None else None
+            result = self.processor.process(limg, rimg, cal.camera, compute_points=compute_points, valid=valid)
+        except InputTooSmallError as e:
+            raise FrameDropped("input_too_small", str(e)) from None
+        except Exception as e:
+            raise self._inference_failure(e, limg.shape[1], limg.shape[0]) from None
+        return Frame(result, cal, notes)
+
+    def decode(self, left: Any, right: Any, left_info: Any, right_info: Any
+               ) -> Tuple[np.ndarray, np.ndarray, StereoCalibration]:
+        """The frame's images as the model sees them (decoded, checked, rectified when raw) and its
+        calibration; raises FrameDropped for bad input. ``process`` starts here, and so does
+        adaptation from a bag (``madis_ros.bag.pair_source``)."""
         try:
             limg = image_to_estimator_input(left)
             rimg = image_to_estimator_input(right)
@@ -98,15 +116,7 @@ class MessageFrameProcessor:
         except (CameraInfoError, ValueError) as e:
             raise FrameDropped("bad_camera_info", f"{e} (topics {self.topics[LEFT_INFO]}, {self.topics[RIGHT_INFO]})"
                                ) from None
-        notes = self._notes(left, right, left_info, right_info, cal)
-        try:
-            valid = cal.rectifier.valid[0] if cal.rectifier is not None else None
-            result = self.processor.process(limg, rimg, cal.camera, compute_points=compute_points, valid=valid)
-        except InputTooSmallError as e:
-            raise FrameDropped("input_too_small", str(e)) from None
-        except Exception as e:
-            raise self._inference_failure(e, limg.shape[1], limg.shape[0]) from None
-        return Frame(result, cal, notes)
+        return limg, rimg, cal
 
     def _notes(self, left: Any, right: Any, left_info: Any, right_info: Any, cal: StereoCalibration
                ) -> List[Tuple[str, str]]:

@@ -1,0 +1,165 @@
+"""Self-supervised adaptation with and without, in one table (issue 17).
+
+    python benchmarks/adaptation.py                         # student, every protocol
+    python benchmarks/adaptation.py --models student,student-lite --json adapt.json
+
+Protocols (ground truth is read only to *evaluate*, never by the adaptation, whose
+data are ``UnlabeledPair`` s: images only):
+
+- transductive: adapt on the Motorcycle pair alone, then evaluate on it (the usual
+  test-time-adaptation protocol), within ``--moto-budget`` seconds of adaptation;
+- inductive: the shifted synthetic domain (``madis_core.adaptation.shifted_domain``:
+  another camera's blur, vignetting, gamma, noise and gain, a narrower baseline and
+  weaker textures); adapt on ``--adapt-pairs`` pairs, evaluate on ``--eval-pairs``
+  other pairs (another seed);
+- what it costs: each adapted model on the project's synthetic test set, before/after.
+
+Rows give bad-2 and EPE before and after, and the relative change of bad-2. Adapted
+weights and their cards are written under ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
+
+from madis_core.adaptation.adapter import AdaptConfig, Adapter  # noqa: E402
+from madis_core.adaptation.card import write_adapted  # noqa: E402
+from madis_core.adaptation.shifted_domain import ADAPT_SEED, EVAL_SEED, shifted_samples, unlabeled  # noqa: E402
+from madis_core.adaptation.sources import MotorcycleSource, load_pairs  # noqa: E402
+from madis_core.backends.torch_backend import TorchBackend  # noqa: E402
+from madis_core.checkpoint import load_registry_model  # noqa: E402
+from madis_core.data import build_dataset  # noqa: E402
+from madis_core.estimator import StereoEstimator  # noqa: E402
+from madis_core.evaluate import evaluate  # noqa: E402
+
+
+def score(model, samples) -> dict:
+    r = evaluate(StereoEstimator(TorchBackend(model, device="cpu")), samples, warmup=False)
+    model.train()  # the backend put it in eval mode; the adapter sets its own modes
+    return {"bad_2": r["bad_2"], "epe": r["epe"], "bad_1": r["bad_1"]}
+
+
+def adapt(name: str, pairs, config: AdaptConfig, out: str, data: str) -> tuple:
+    """Adapt a fresh copy of ``name`` on ``pairs``; returns (model, adapter)."""
+    model = load_registry_model(name)
+    adapter = Adapter(model, config)
+    before = adapter.self_supervised_loss(pairs)
+    adapter.run(pairs)
+    after = adapter.self_supervised_loss(pairs)
+    facts = {"start": name, "data": data, "pairs": len(pairs), "sizes": f"{pairs[0].left.shape[1]}x"
+             f"{pairs[0].left.shape[0]}", "steps": adapter.steps_done, "seconds": adapter.seconds,
+             "seconds_total": adapter.seconds, "threads": torch.get_num_threads(), "device": "cpu",
+             "config": config.as_dict(), "self_supervised_before": before, "self_supervised_after": after,
+             "command": "python benchmarks/adaptation.py " + " ".join(sys.argv[1:])}
+    write_adapted(adapter.export(), out, facts)
+    return adapter.export(), adapter
+
+
+def row(protocol, model, data, adapter, before, after) -> dict:
+    rel = 100.0 * (after["bad_2"] - before["bad_2"]) / max(before["bad_2"], 1e-9)
+    return {"protocol": protocol, "model": model, "eval": data, "steps": adapter.steps_done if adapter else 0,
+            "adapt_s": adapter.seconds if adapter else 0.0, "bad_2_before": before["bad_2"],
+            "bad_2_after": after["bad_2"], "bad_2_rel_pct": rel, "epe_before": before["epe"], "epe_after": after["epe"]}
+
+
+def print_table(rows) -> None:
+    print("| protocol | model | evaluated on | steps | adapt s | bad-2 % before | bad-2 % after | bad-2 change | "
+          "EPE before | EPE after |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['protocol']} | {r['model']} | {r['eval']} | {r['steps']} | {r['adapt_s']:.0f} | "
+              f"{r['bad_2_before']:.2f} | {r['bad_2_after']:.2f} | {r['bad_2_rel_pct']:+.1f} % | "
+              f"{r['epe_before']:.3f} | {r['epe_after']:.3f} |")
+
+
+def check_domain(name: str, samples) -> None:
+    """Is the shifted domain learnable without labels at all? Mean photometric error over
+    the model's wrong (bad-2), non-occluded pixels: at the ground truth vs at its prediction."""
+    import numpy as np
+
+    from madis_core.adaptation import losses as L
+    from madis_core.adaptation.adapter import forward_padded, pair_to_tensors
+    from madis_core.adaptation.shifted_domain import unlabeled
+
+    model = load_registry_model(name).eval()
+    at_gt, at_pred = [], []
+    for s, pair in zip(samples, unlabeled(samples)):
+        left, right = pair_to_tensors(pair)
+        gt = torch.from_numpy(np.nan_to_num(s["disparity"]))[None, None]
+        with torch.no_grad():
+            d = forward_padded(model, left, right)["disparity"]
+        e_gt, inside = L.photometric_error(left, right, gt)
+        e_pred, _ = L.photometric_error(left, right, d)
+        bad = ((d - gt).abs() > 2) & torch.from_numpy(s["noc"])[None, None] & inside
+        at_gt.append(float(L.masked_mean(e_gt, bad)))
+        at_pred.append(float(L.masked_mean(e_pred, bad)))
+    print(f"shifted domain, {name}: photometric error on its bad-2 non-occluded pixels: at the ground truth "
+          f"{np.mean(at_gt):.4f}, at its prediction {np.mean(at_pred):.4f} (the lower the first, the more a "
+          f"self-supervised loss can teach)")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="student", help="comma-separated registry names or weights files")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--moto-steps", type=int, default=300)
+    ap.add_argument("--moto-budget", type=float, default=300.0, help="seconds of adaptation at most (5 CPU-min)")
+    ap.add_argument("--adapt-pairs", type=int, default=16)
+    ap.add_argument("--eval-pairs", type=int, default=16)
+    ap.add_argument("--shift-steps", type=int, default=300)
+    ap.add_argument("--skip", default="", help="comma-separated protocols to skip: transductive,inductive")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="AdaptConfig field for both")
+    ap.add_argument("--out", default="runs/adaptation_bench")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--check-domain", action="store_true", help="only the shifted domain's learnability check")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    overrides = {k: json.loads(v) for k, _, v in (s.partition("=") for s in args.set)}
+    if args.check_domain:
+        for name in args.models.split(","):
+            check_domain(name, shifted_samples(args.eval_pairs, EVAL_SEED))
+        return 0
+    os.makedirs(args.out, exist_ok=True)
+    skip = set(filter(None, args.skip.split(",")))
+    synthetic = build_dataset("synthetic-test")
+    moto = build_dataset("motorcycle")
+    shifted_eval = shifted_samples(args.eval_pairs, EVAL_SEED)
+    rows = []
+    t0 = time.time()
+    for name in args.models.split(","):
+        base = load_registry_model(name)
+        base_syn = score(base, synthetic)
+        label = os.path.basename(name).replace(".safetensors", "")
+        if "transductive" not in skip:
+            cfg = AdaptConfig(**{"steps": args.moto_steps, "time_budget_s": args.moto_budget, **overrides})
+            pairs = load_pairs(MotorcycleSource())
+            model, ad = adapt(name, pairs, cfg, os.path.join(args.out, f"{label}_motorcycle.safetensors"),
+                              "motorcycle")
+            rows.append(row("transductive", label, "Motorcycle", ad, score(base, moto), score(model, moto)))
+            rows.append(row("transductive: cost", label, "synthetic-test", ad, base_syn, score(model, synthetic)))
+            print(f"  [{time.time() - t0:.0f} s] {label} transductive done", file=sys.stderr, flush=True)
+        if "inductive" not in skip:
+            cfg = AdaptConfig(**{"steps": args.shift_steps, "batch": 2, **overrides})
+            pairs = unlabeled(shifted_samples(args.adapt_pairs, ADAPT_SEED))
+            model, ad = adapt(name, pairs, cfg, os.path.join(args.out, f"{label}_shifted.safetensors"),
+                              f"shifted synthetic domain, seed {ADAPT_SEED}")
+            rows.append(row("inductive", label, f"shifted domain, {args.eval_pairs} held-out pairs", ad,
+                            score(base, shifted_eval), score(model, shifted_eval)))
+            rows.append(row("inductive: cost", label, "synthetic-test", ad, base_syn, score(model, synthetic)))
+            print(f"  [{time.time() - t0:.0f} s] {label} inductive done", file=sys.stderr, flush=True)
+    print_table(rows)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
