@@ -34,6 +34,8 @@ def stereo_status(st: Dict[str, Any], settings: Any, estimator: Any, name: str, 
                                         "stamp_age_ms_p95")},
         "rss_mb": f"{st['rss_mb']:.1f}",
     }
+    if "adapt_steps" in st:  # adapt:=true: steps done, pairs, the running self-supervised loss
+        values.update({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in st.items() if k.startswith("adapt_")})
     status = DiagnosticStatus(level=level, name=f"{name}: stereo", message=msg,
                               hardware_id=f"{estimator.name}@{estimator.device}")
     status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]

@@ -2,6 +2,7 @@
 QoS profiles and their descriptions, the hint for silent inputs, memory tuning and RSS.
 
     est = load_estimator(settings, logger)        # ModelLoadError with a one-line reason
+    online = start_online_adaptation(settings, est, logger)   # adapt:=true; None when off or impossible
     qos_profile("sensor_data"), describe_qos("reliable")
     tune_malloc(), rss_mb()
 """
@@ -12,6 +13,9 @@ import platform
 from typing import Any
 
 from madis_core.estimator import build_estimator
+
+#: AdaptConfig fields of the node's online adaptation besides madis_core's online defaults
+ONLINE_OVERRIDES = {"lr": "adapt_lr"}
 
 QOS_DESCRIPTIONS = {"sensor_data": "sensor_data (best effort, volatile, keep last 5)",
                     "reliable": "reliable (volatile)", "system_default": "system_default (reliable in most RMWs)"}
@@ -38,6 +42,44 @@ def load_estimator(settings: Any, logger: Any):
     from madis_core.runtime import describe  # the thread policy and count (README "On a shared CPU")
     logger.info(f"inference threads: {est.threads.mode} ({describe()})")
     return est
+
+
+def start_online_adaptation(settings: Any, estimator: Any, logger: Any):
+    """With ``adapt:=true`` and a torch model: the started ``OnlineAdapter`` over a copy of the
+    inference network (``madis_core.adaptation.online``); None when adaptation is off or the
+    backend cannot learn (then an error is logged and the node runs unadapted)."""
+    if not settings.adapt:
+        return None
+    net = estimator.backend.trainable_network()
+    if net is None:
+        logger.error(f"adapt:=true needs a torch model; {estimator.name} ({type(estimator.backend).__name__}) cannot "
+                     "learn, so the node runs without adaptation")
+        return None
+    from madis_core.adaptation.online import OnlineAdapter, online_config
+
+    config = online_config(**{field: getattr(settings, name) for field, name in ONLINE_OVERRIDES.items()})
+    online = OnlineAdapter(net, config, min_interval_s=settings.adapt_interval_sec, threads=settings.adapt_threads,
+                           device=str(estimator.device)).start()
+    logger.info(f"online adaptation on: at most one step per {settings.adapt_interval_sec:g} s on "
+                f"{settings.adapt_threads} thread(s), lr {settings.adapt_lr:g}; "
+                + (f"weights saved to {settings.adapt_save_path} on shutdown" if settings.adapt_save_path
+                   else "not saved (adapt_save_path empty)"))
+    return online
+
+
+def save_online_adaptation(online: Any, path: str, logger: Any) -> None:
+    """Stop the adaptation thread and, with a ``path``, write the adapted weights and card."""
+    online.stop(timeout=5.0)
+    if not path:
+        return
+    try:
+        out = online.save(path)
+    except Exception as e:  # a full disk or a bad path must not turn a clean shutdown into a traceback
+        logger.error(f"could not save the adapted weights to {path}: {type(e).__name__}: {e}")
+        return
+    st = online.stats()
+    logger.info(f"adapted weights ({st['adapt_steps']} steps on {st['adapt_pairs_used']} pairs) saved to {out}; "
+                f"load them with model:={out}")
 
 
 def qos_profile(name: str, depth: int = 5):

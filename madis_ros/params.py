@@ -142,6 +142,18 @@ PARAMS: Tuple[ParamSpec, ...] = (
               limits=(0.0, 3600.0)),
     ParamSpec("diagnostics_period", 1.0, "Period of /diagnostics messages (s, steady clock).",
               limits=(0.0, 3600.0), above_low=True),
+    # --- online adaptation (madis_core.adaptation.online) ----------------------------------------
+    ParamSpec("adapt", False, "Adapt the network to this camera while running: a background thread fine-tunes a "
+              "copy on the newest pairs (self-supervised: photometric + EMA-teacher pseudo labels, no ground "
+              "truth) and hands its weights to inference between frames; never delays a frame. Torch models "
+              "only."),
+    ParamSpec("adapt_interval_sec", 1.0, "At most one adaptation step per this many seconds (bounds its CPU/GPU "
+              "share).", limits=(0.0, 3600.0)),
+    ParamSpec("adapt_threads", 1, "CPU threads of the adaptation thread (inference keeps its own).", limits=(1, 64)),
+    ParamSpec("adapt_lr", 1e-4, "Learning rate of online adaptation.", limits=(0.0, 1.0), above_low=True),
+    ParamSpec("adapt_save_path", "", "Write the adapted weights (+ a .md card) here on shutdown, loadable with "
+              "model:=PATH; empty: not saved.",
+              check=lambda v: None if not v or v.endswith(".safetensors") else "must end in .safetensors"),
 )
 
 _SPEC = {p.name: p for p in PARAMS}
@@ -185,6 +197,11 @@ class NodeSettings:
     no_input_warn_sec: float
     warn_throttle_sec: float
     diagnostics_period: float
+    adapt: bool
+    adapt_interval_sec: float
+    adapt_threads: int
+    adapt_lr: float
+    adapt_save_path: str
 
     def estimator_kwargs(self) -> Dict[str, Any]:
         """Keyword arguments for ``madis_core.estimator.build_estimator`` (model_options last)."""

@@ -51,6 +51,8 @@ class Frame:
     #: (key, text) for things worth a warning that do not stop the frame (frame_id problems,
     #: the first use of a calibration: rectifying raw images)
     notes: List[Tuple[str, str]] = field(default_factory=list)
+    #: the left and right images as decoded and rectified, before the pipeline's resize
+    images: Optional[Tuple[np.ndarray, np.ndarray]] = None
 
 
 def is_out_of_memory(e: BaseException) -> bool:
@@ -92,7 +94,7 @@ class MessageFrameProcessor:
             raise FrameDropped("input_too_small", str(e)) from None
         except Exception as e:
             raise self._inference_failure(e, limg.shape[1], limg.shape[0]) from None
-        return Frame(result, cal, notes)
+        return Frame(result, cal, notes, (limg, rimg))
 
     def decode(self, left: Any, right: Any, left_info: Any, right_info: Any
                ) -> Tuple[np.ndarray, np.ndarray, StereoCalibration]:

@@ -58,7 +58,8 @@ from madis_ros.frame_sync import LEFT, LEFT_INFO, RIGHT, RIGHT_INFO, ROLES, Fram
 from madis_ros.messages import (make_color_disparity_image, make_confidence_image, make_depth_image,
                                 make_disparity_image, make_pointcloud2)
 from madis_ros.msgkit import stamp_ns
-from madis_ros.node_runtime import ModelLoadError, describe_qos, load_estimator, qos_profile, rss_mb, tune_malloc
+from madis_ros.node_runtime import (ModelLoadError, describe_qos, load_estimator, qos_profile, rss_mb,
+                                    save_online_adaptation, start_online_adaptation, tune_malloc)
 from madis_ros.params import ParameterError, declare_parameters
 from madis_ros.shutdown import finish
 from madis_ros.stereo_frames import DROP_REASONS, FrameDropped, MessageFrameProcessor
@@ -124,6 +125,9 @@ class StereoNode(Node):
         self._sync_prev = (0, 0)
         # per-frame timing lines (benchmarks/node_latency.py): --ros-args --log-level madis_stereo:=debug
         self._log_frames = self.get_logger().is_enabled_for(rclpy.logging.LoggingSeverity.DEBUG)
+        # online adaptation (adapt:=true): its own thread and network copy; weights come in between frames
+        self.adaptation = start_online_adaptation(s, self.estimator, self.get_logger())
+        self._adapted_net = self.estimator.backend.trainable_network() if self.adaptation else None
         self.worker = NewestPairWorker(self._process, DROP_REASONS, on_error=self._on_worker_error)
 
         # --- monitoring (steady clock: independent of use_sim_time) ----------------------------------
@@ -178,11 +182,15 @@ class StereoNode(Node):
         left = f.left
         t_start = time.perf_counter()  # per-frame overhead: from here to the built messages, minus the forward
         want_points = self.pub_points is not None and self.pub_points.get_subscription_count() > 0
+        if self.adaptation is not None:
+            self.adaptation.sync_into(self._adapted_net)  # the newest adapted weights, if new ones exist
         try:
             done = self.frames.process(left, f.right, f.left_info, f.right_info, compute_points=want_points)
         except FrameDropped as d:
             self._log.warn(d.reason, f"dropping stereo pair ({d.reason}): {d.text}", d.level)
             return d.reason
+        if self.adaptation is not None:
+            self.adaptation.offer(*done.images)  # never blocks: the adapter takes the newest pair when due
         for key, text in done.notes:
             self._log.warn(key, text, "info" if key == "rectify" else "warning")
         res, s = done.result, self.settings
@@ -302,6 +310,8 @@ class StereoNode(Node):
         out["stamp_resets"] = self.sync.resets
         out["received"] = {t: self.received[t] for t in self.in_topics}
         out["rss_mb"] = rss_mb()
+        if self.adaptation is not None:
+            out.update(self.adaptation.stats())
         return out
 
     def _publish_diagnostics(self) -> None:
@@ -317,8 +327,11 @@ class StereoNode(Node):
         self.pub_diag.publish(arr)
 
     def shutdown(self) -> None:
-        """Stop the worker after the pair in flight (its outputs are published)."""
+        """Stop the worker after the pair in flight (its outputs are published), then the
+        adaptation thread (after its step in progress), saving its weights with adapt_save_path."""
         self.worker.stop(timeout=10.0)
+        if self.adaptation is not None:
+            save_online_adaptation(self.adaptation, self.settings.adapt_save_path, self.get_logger())
 
 
 def main(args=None) -> int:

@@ -45,6 +45,11 @@ class StereoBackend:
     def describe(self) -> str:
         return f"{self.name} (device={self.device}, max_disparity={self.meta.max_disparity:g})"
 
+    def trainable_network(self) -> Optional[Any]:
+        """The torch module inference runs, for online adaptation to copy and update in place;
+        None for backends that cannot learn (SGBM, ONNX Runtime)."""
+        return None
+
 
 #: backend name -> factory ``f(**kwargs) -> StereoBackend`` (sgbm, torch, onnxruntime)
 BACKENDS: Registry[Callable[..., StereoBackend]] = Registry("backend")

@@ -45,6 +45,9 @@ class TorchBackend(StereoBackend):
     def describe(self) -> str:
         return f"{self.name} (torch, device={self.device}, precision={self.precision})"
 
+    def trainable_network(self) -> nn.Module:
+        return self.net
+
     @torch.inference_mode()
     def predict_tensors(self, left: torch.Tensor, right: torch.Tensor) -> dict:
         """Batched forward on B x 3 x H x W float tensors in [0, 1]; pads to size_divisor."""
