@@ -240,6 +240,17 @@ def test_adapter_works_for_madis_with_its_own_masking():
     assert float(net.mask_token.detach().abs().sum()) > 0  # the mask token received gradients
 
 
+def test_time_and_cpu_budgets_stop_adaptation_early():
+    pair = motorcycle_crop(64, 128)
+    for budget in ({"time_budget_s": 1e-6}, {"cpu_budget_s": 1e-6}):
+        adapter = Adapter(load_registry_model("student-lite"), small_config(steps=50, proxy=0.0, **budget))
+        adapter.run([pair])
+        assert adapter.steps_done == 0 and adapter.cpu_seconds > 0  # preparing the pair used the budget up
+    adapter = Adapter(load_registry_model("student-lite"), small_config(steps=2, proxy=0.0))
+    adapter.run([pair])
+    assert adapter.steps_done == 2 and 0 < adapter.cpu_seconds
+
+
 def test_adaptation_lowers_the_self_supervised_loss():
     pair = motorcycle_crop(160, 320, 120, 200)
     net = load_registry_model("student-lite")

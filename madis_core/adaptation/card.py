@@ -63,14 +63,13 @@ def render_card(weights: Path, model_name: str, f: Dict[str, Any]) -> str:
         ("file", f"`{weights.name}` (safetensors, metadata `model={model_name}` and `adaptation`; sha256 "
                  f"`{f['sha256']}...`)"),
         ("started from", f"`{f['start']}`"),
-        ("method", "self-supervised adaptation (`madis adapt`): photometric SSIM + L1 with a left-right "
-                   "occlusion check, edge-aware smoothness, EMA-teacher pseudo labels on masked inputs, "
-                   "drift guard; no ground truth read"),
+        ("method", _method(cfg)),
         ("data", f"{f['data']}: {f['pairs']} unlabeled pairs, {f['sizes']}"),
         ("steps", f"{f['steps']} x batch {cfg.get('batch', '?')} (lr {cfg.get('lr', '?')}, "
                   f"{f['threads']} CPU threads on {f['device']})"),
         ("wall time", f"{f['seconds']:.0f} s of adaptation steps ({f['seconds_total']:.0f} s with loading and "
-                      "the before/after losses)"),
+                      "the before/after losses)"
+                      + (f"; {f['cpu_seconds']:.0f} CPU-seconds" if f.get("cpu_seconds") is not None else "")),
         ("self-supervised loss before", _fmt_loss(before)),
         ("self-supervised loss after", f"{_fmt_loss(after)}: {change:+.1f} %"),
         ("written", f"{f['written']} ({f['machine']})"),
@@ -85,3 +84,19 @@ def render_card(weights: Path, model_name: str, f: Dict[str, Any]) -> str:
               "Load it: `StereoEstimator.from_pretrained(\"" + weights.name + "\")`, or run the node with "
               f"`model:={weights.name}`.", ""]
     return "\n".join(lines)
+
+
+def _method(cfg: Dict[str, Any]) -> str:
+    """What the run did, from its configuration (AdaptConfig as a dict)."""
+    parts = [f"photometric ({cfg.get('photometric_kind', 'ssim')}) with occlusion handling "
+             f"`{cfg.get('occlusion', 'lr')}`", "edge-aware smoothness"]
+    if cfg.get("pseudo", 0) > 0 or cfg.get("occluded", 0) > 0:
+        masked = f" on inputs with {100 * cfg['mask_ratio']:.0f} % of patches hidden" if cfg.get("mask_ratio") else ""
+        parts.append(f"EMA-teacher pseudo labels (confidence-weighted){masked}")
+    if cfg.get("proxy", 0) > 0:
+        parts.append("SGBM proxy labels where SGBM and the network agree")
+    if cfg.get("drift", 0) > 0:
+        parts.append("L2 drift guard to the starting weights")
+    if cfg.get("synthetic_every", 0) > 0:
+        parts.append(f"a synthetic labelled batch every {cfg['synthetic_every']} steps")
+    return "self-supervised adaptation: " + ", ".join(parts) + "; no ground truth of the data read"

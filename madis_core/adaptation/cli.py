@@ -31,6 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 300)")
     p.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                    help="stop adapting after this many seconds of steps")
+    p.add_argument("--cpu-budget", type=float, default=None, metavar="SECONDS",
+                   help="stop adapting after this many CPU-seconds (all threads of the process)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--max-pairs", type=int, default=None, help="use at most this many pairs of the data")
@@ -54,7 +56,8 @@ def build_config(args: argparse.Namespace):
             kw[key] = json.loads(value)
         except json.JSONDecodeError:
             kw[key] = value  # bare strings: --set bn=train
-    for key, value in (("steps", args.steps), ("time_budget_s", args.time_budget), ("lr", args.lr),
+    for key, value in (("steps", args.steps), ("time_budget_s", args.time_budget),
+                       ("cpu_budget_s", args.cpu_budget), ("lr", args.lr),
                        ("seed", args.seed)):
         if value is not None:
             kw[key] = value
@@ -93,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
           flush=True)
     facts = {"start": args.model, "data": getattr(source, "description", args.data), "pairs": len(pairs),
              "pair_names": [p.name for p in pairs[:20]], "sizes": ", ".join(sizes), "steps": adapter.steps_done,
-             "seconds": adapter.seconds, "seconds_total": time.perf_counter() - t_start,
+             "seconds": adapter.seconds, "cpu_seconds": adapter.cpu_seconds,
+             "seconds_total": time.perf_counter() - t_start,
              "threads": torch.get_num_threads(), "device": device, "config": config.as_dict(),
              "self_supervised_before": before, "self_supervised_after": after,
              "command": "madis adapt " + " ".join(shlex.quote(a) for a in sys.argv[2:])
