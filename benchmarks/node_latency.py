@@ -4,6 +4,7 @@
     python benchmarks/node_latency.py --overhead-only    # in-process part only (~15 s)
     python benchmarks/node_latency.py --model sgbm-3way --rate 15 --duration 10
     python benchmarks/node_latency.py --model student --random-init   # untrained: timing only
+    python benchmarks/node_latency.py --e2e-only --param adapt:=true    # with online adaptation (issue 17)
 
 Part 1, overhead (in one process, no DDS transport): the real ``StereoNode`` is built in
 this process and its per-frame worker function (``_process``: decode both images, run the
@@ -278,7 +279,23 @@ def end_to_end(model: str, random_init: bool, width: int = 640, height: int = 48
             "node_publish_ms": _summary([f[2] for f in frames]),
             # pair complete in the node -> its outputs published (includes waiting for the worker)
             "node_pair_to_published_ms": _summary([f[3] for f in frames]),
-            "node_frames_logged": len(frames), "node_rss_mb": round(rss, 1)}
+            "node_frames_logged": len(frames), "node_rss_mb": round(rss, 1),
+            # with adapt:=true: the adaptation thread's work during the run (/diagnostics)
+            **{f"node_{k}": counts[k] for k in ("adapt_steps", "adapt_pairs_used", "adapt_step_ms", "adapt_loss")
+               if k in counts}}
+
+
+def node_overrides(items) -> Dict[str, Any]:
+    """``NAME:=VALUE`` strings (ros2 run's spelling) as node parameters, values parsed as YAML."""
+    import yaml
+
+    out = {}
+    for item in items:
+        name, sep, value = item.partition(":=")
+        if not sep:
+            raise SystemExit(f"--param {item!r}: expected NAME:=VALUE")
+        out[name] = yaml.safe_load(value)
+    return out
 
 
 def main(argv=None) -> int:
@@ -299,6 +316,8 @@ def main(argv=None) -> int:
                     help="end to end: node parameter publish_resolution")
     ap.add_argument("--kind", default="slanted", choices=["slanted", "photo"],
                     help="end to end: the scene's texture (photo: a real photograph, compresses like camera images)")
+    ap.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
+                    help="end to end: any other node parameter (YAML value), e.g. --param adapt:=true")
     ap.add_argument("--overhead-only", action="store_true")
     ap.add_argument("--e2e-only", action="store_true")
     ap.add_argument("--out", default="bench_out")
@@ -328,7 +347,8 @@ def main(argv=None) -> int:
         print("breakdown (p50 ms):  " + ";  ".join(f"{k} {v['p50']:.2f}" for k, v in result["breakdown"].items()))
     if not args.overhead_only:
         e = end_to_end(model, args.random_init, w, h, args.rate, args.duration, args.domain,
-                       {"inference_scale": args.inference_scale, "publish_resolution": args.publish_resolution},
+                       {"inference_scale": args.inference_scale, "publish_resolution": args.publish_resolution,
+                        **node_overrides(args.param)},
                        args.transport, args.qos, args.kind)
         result["end_to_end"] = e
         l, inf, ov = e["e2e_stamp_to_points2_ms"], e["node_inference_ms"], e["node_overhead_ms"]
@@ -339,6 +359,9 @@ def main(argv=None) -> int:
               f"p95 {inf['p95']:.1f} ms; node overhead p50 {ov['p50']:.2f} p95 {ov['p95']:.2f} ms; publish p50 "
               f"{e['node_publish_ms']['p50']:.2f} ms; pair->published in the node p50 "
               f"{e['node_pair_to_published_ms']['p50']:.1f} ms", flush=True)
+        if "node_adapt_steps" in e:
+            print(f"online adaptation meanwhile: {e['node_adapt_steps']} steps on {e['node_adapt_pairs_used']} pairs, "
+                  f"last step {e['node_adapt_step_ms']} ms, self-supervised loss {e['node_adapt_loss']}", flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "node_latency.json").write_text(json.dumps(result, indent=2))

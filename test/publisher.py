@@ -57,9 +57,13 @@ def publish_main(argv: Optional[List[str]] = None) -> int:
         for i, img in enumerate((scene.left, scene.right)):
             msgs[i] = numpy_to_compressed(img, "rgb8", a.format, msgs[i].header)
     sizes = [len(m.data) for m in msgs[:2]]
-    end = time.monotonic() + a.wait_subscribers
+    t_wait = time.monotonic()
+    end = t_wait + a.wait_subscribers
     while min(p.get_subscription_count() for p in pubs) == 0 and time.monotonic() < end:
         time.sleep(0.05)
+    # which side a discovery failure is on, when a test's node never hears this process
+    print(f"MATCHED {[p.get_subscription_count() for p in pubs]} subscriptions after "
+          f"{time.monotonic() - t_wait:.1f} s", flush=True)
     time.sleep(1.5)  # matched here does not mean the reader knows us yet (asymmetric discovery)
     period = 1.0 / a.rate
     t_next = time.monotonic()

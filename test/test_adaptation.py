@@ -376,3 +376,15 @@ def test_online_thread_limits_only_its_own_torch_threads():
         assert seen["later"] == 2 and torch.get_num_threads() == 2  # nobody else dropped to 1 thread
     finally:
         torch.set_num_threads(1)
+
+
+def test_node_inference_keeps_off_the_adaptation_threads_cores():
+    from madis_core.runtime import available_cpus
+    from madis_ros.params import settings_from_dict
+
+    assert settings_from_dict({}).inference_threads() is None  # auto: madis_core.runtime decides
+    assert settings_from_dict({"adapt": True}).inference_threads() == max(1, available_cpus() - 1)
+    assert settings_from_dict({"adapt": True, "adapt_threads": 64}).inference_threads() == 1
+    assert settings_from_dict({"adapt": True, "threads": 3}).inference_threads() == 3  # the user's choice wins
+    with pytest.raises(ValueError, match="adapt_save_path: must end in .safetensors"):
+        settings_from_dict({"adapt_save_path": "x.pt"})

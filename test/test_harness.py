@@ -83,7 +83,7 @@ def test_node_on_the_tcp_large_data_transport_exits_in_bounded_time_with_rc_0():
     try:
         assert node.wait_for_log(r"model .* sync", 60), node.log_text()
         pub = start_publisher(domain, transport="large_data", width=640, height=480, rate=10, duration=60)
-        assert node.wait_for_log(r"frame stamp_ns=\d+", 60), node.log_text() + pub.log_text()
+        assert node.wait_for_log(r"frame stamp_ns=\d+", 60), node.log_text() + "\npublisher:\n" + pub.log_text()
         t0 = time.monotonic()
         os.killpg(node.pid, signal.SIGINT)
         rc = node.wait(timeout=10.0)

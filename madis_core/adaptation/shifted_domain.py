@@ -7,10 +7,10 @@ camera" is applied to both views, unlike anything in the training stream:
 - world: fewer objects, mostly procedural textures (``SHIFTED_SCENE``), a narrower
   baseline (disparities up to ``max_disparity`` = 64 px at 512 px width, where
   training saw up to 192);
-- two unlike cameras (``SHIFTED_CAMERAS``): the right one out of focus (blur 1.6 px
-  against 0.6), with another white balance and gamma 0.7; both with vignetting
-  (corners at 65 % brightness) and signal-dependent noise (shot + read). Training
-  only ever saw milder, symmetric per-view differences.
+- two unlike cameras (``SHIFTED_CAMERAS``): the right one softer (blur 1.3 px against
+  0.8), with another white balance (gains 0.8/0.9/1.1) and gamma 0.8; both with
+  vignetting (corners at 65 % and 45 % brightness) and signal-dependent noise (shot +
+  read). Training only ever saw milder, symmetric per-view differences.
 
 Chosen so that the pairs still carry what self-supervision needs: the photometric
 error of the true disparity is clearly lower than that of the student's wrong
