@@ -14,9 +14,6 @@ from typing import Any
 
 from madis_core.estimator import build_estimator
 
-#: AdaptConfig fields of the node's online adaptation besides madis_core's online defaults
-ONLINE_OVERRIDES = {"lr": "adapt_lr"}
-
 QOS_DESCRIPTIONS = {"sensor_data": "sensor_data (best effort, volatile, keep last 5)",
                     "reliable": "reliable (volatile)", "system_default": "system_default (reliable in most RMWs)"}
 
@@ -57,7 +54,7 @@ def start_online_adaptation(settings: Any, estimator: Any, logger: Any):
         return None
     from madis_core.adaptation.online import OnlineAdapter, online_config
 
-    config = online_config(**{field: getattr(settings, name) for field, name in ONLINE_OVERRIDES.items()})
+    config = online_config(lr=settings.adapt_lr)  # madis_core's online defaults otherwise
     online = OnlineAdapter(net, config, min_interval_s=settings.adapt_interval_sec, threads=settings.adapt_threads,
                            device=str(estimator.device)).start()
     logger.info(f"online adaptation on: at most one step per {settings.adapt_interval_sec:g} s on "

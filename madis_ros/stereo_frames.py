@@ -66,7 +66,8 @@ def is_out_of_memory(e: BaseException) -> bool:
 class MessageFrameProcessor:
     def __init__(self, processor: Optional[StereoFrameProcessor], topics: Optional[Dict[str, str]] = None,
                  rectify: str = "auto", frame_id: str = ""):
-        """``processor``: the pipeline (None: ``decode`` only); ``topics``: role -> topic name used in the texts (default: the node's relative names);
+        """``processor``: the pipeline (None: ``decode`` only); ``topics``: role -> topic name used in
+        the texts (default: the node's relative names);
         ``rectify``: auto, true or false (``calibration.RECTIFY_MODES``); ``frame_id``: the node's
         output frame parameter (empty: the left image's, which must then not be empty)."""
         self.processor = processor

@@ -95,6 +95,12 @@ def source_plugins() -> List[type]:
     return [ep.load() for ep in group]
 
 
+def looks_like_rosbag2(spec: str) -> bool:
+    """Is ``spec`` a rosbag2: a directory with metadata.yaml, or a .mcap/.db3 file."""
+    p = Path(spec).expanduser()
+    return p.suffix in (".mcap", ".db3") or (p.is_dir() and (p / "metadata.yaml").is_file())
+
+
 def build_source(spec: str) -> Iterable[UnlabeledPair]:
     """``motorcycle``, ``folder:ROOT`` or a bag path (see the module docstring)."""
     spec = str(spec).strip()
@@ -102,12 +108,11 @@ def build_source(spec: str) -> Iterable[UnlabeledPair]:
         return MotorcycleSource()
     if spec.startswith("folder:"):
         return FolderSource(spec[len("folder:"):])
-    p = Path(spec).expanduser()
-    looks_like_bag = p.suffix in (".mcap", ".db3") or (p.is_dir() and (p / "metadata.yaml").is_file())
     for plugin in source_plugins():
         if plugin.accepts(spec):
             return plugin(spec)
-    if looks_like_bag:
+    p = Path(spec).expanduser()
+    if looks_like_rosbag2(spec):
         raise RuntimeError(f"--data {spec!r} is a rosbag2, and reading bags needs madis_ros and rosbags installed "
                            f"(no {PAIR_SOURCES_GROUP} plugin accepted it)")
     if p.is_dir() and (p / "left").is_dir():

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from pathlib import Path
 from typing import Iterator, Optional
 
-from madis_core.adaptation.sources import UnlabeledPair
+from madis_core.adaptation.sources import UnlabeledPair, looks_like_rosbag2
 from madis_ros.bag.files import BagReader
 from madis_ros.bag.frames import iter_stereo_frames
 from madis_ros.bag.topics import StereoTopics, detect_stereo_topics
@@ -44,11 +43,7 @@ class BagPairSource:
         self.skipped: Counter = Counter()  # drop reason -> frames skipped
         self.description = f"bag {self.path} ({self.topics.left}, {self.topics.right})"
 
-    @staticmethod
-    def accepts(spec: str) -> bool:
-        """Is ``spec`` a rosbag2: a directory with metadata.yaml, or a .mcap/.db3 file."""
-        p = Path(spec).expanduser()
-        return p.suffix in (".mcap", ".db3") or (p.is_dir() and (p / "metadata.yaml").is_file())
+    accepts = staticmethod(looks_like_rosbag2)  # the plugin test of madis_core.adaptation.sources
 
     def __iter__(self) -> Iterator[UnlabeledPair]:
         st = self.topics
