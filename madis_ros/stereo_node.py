@@ -310,9 +310,17 @@ class StereoNode(Node):
         out["stamp_resets"] = self.sync.resets
         out["received"] = {t: self.received[t] for t in self.in_topics}
         out["rss_mb"] = rss_mb()
+        # who listens, as this node's DDS participant has discovered them ("is anyone subscribed?")
+        out["subscribers"] = {name: pub.get_subscription_count() for name, pub in self._output_publishers()}
         if self.adaptation is not None:
             out.update(self.adaptation.stats())
         return out
+
+    def _output_publishers(self):
+        """(topic, publisher) of every enabled output."""
+        named = (("disparity", self.pub_disparity), ("depth", self.pub_depth), ("points2", self.pub_points),
+                 ("confidence", self.pub_confidence), ("disparity/color", self.pub_color))
+        return [(name, pub) for name, pub in named if pub is not None]
 
     def _publish_diagnostics(self) -> None:
         self._guarded("diagnostics", self._publish_diagnostics_now)

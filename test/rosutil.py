@@ -272,6 +272,11 @@ class Collector:
     def __init__(self):
         self.items: List[tuple] = []  # (monotonic, time.time(), msg)
         self.lock = threading.Lock()
+        self.lost = 0  # messages DDS reports lost on the way to this reader (message_lost event)
+
+    def on_lost(self, info: Any) -> None:
+        with self.lock:
+            self.lost += info.total_count_change
 
     def __call__(self, msg: Any) -> None:
         with self.lock:
@@ -331,11 +336,13 @@ class RosContext:
         rclpy.try_shutdown(context=self.ctx)
 
     def subscribe(self, msg_type: Any, topic: str, qos: Any = None) -> Collector:
+        from rclpy.event_handler import SubscriptionEventCallbacks
         from rclpy.qos import QoSProfile, ReliabilityPolicy
 
         col = Collector()
         qos = qos or QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        self.node.create_subscription(msg_type, topic, col, qos)
+        self.node.create_subscription(msg_type, topic, col, qos,
+                                      event_callbacks=SubscriptionEventCallbacks(message_lost=col.on_lost))
         return col
 
     def publisher(self, msg_type: Any, topic: str, qos: Any = None) -> Any:
