@@ -140,9 +140,8 @@ class InferenceThreads:
 
     @classmethod
     def for_backend(cls, backend: Any, requested: Any = None) -> "InferenceThreads":
-        module = type(backend).__module__
-        kind = "opencv" if module.endswith(".sgbm") else "none" if module.endswith(".onnx_backend") else "torch"
-        return cls(requested, kind, getattr(backend, "device", "cpu"))
+        """``backend.thread_library`` (the ``StereoBackend`` contract) says which count to set."""
+        return cls(requested, backend.thread_library, backend.device)
 
     @property
     def mode(self) -> str:

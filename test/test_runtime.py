@@ -148,6 +148,25 @@ def test_explicit_threads_apply_during_predict_only_and_are_validated():
     finally:
         torch.set_num_threads(caller)
     assert StereoEstimator.from_pretrained("sgbm", threads=1).threads.mode == "1"
+
+    # the backend contract says whose count to set (``thread_library``), subclasses included
+    import cv2
+    from madis_core.backends.sgbm import SGBMBackend
+
+    class SgbmProbe(SGBMBackend):
+        seen: list = []
+
+        def predict_checked(self, left, right):
+            SgbmProbe.seen.append(cv2.getNumThreads())
+            return super().predict_checked(left, right)
+
+    cv_caller = cv2.getNumThreads()
+    try:
+        cv2.setNumThreads(3)
+        StereoEstimator(SgbmProbe(num_disparities=16), 1).predict(left[:96, :160], right[:96, :160])
+        assert SgbmProbe.seen == [1] and cv2.getNumThreads() == 3, SgbmProbe.seen
+    finally:
+        cv2.setNumThreads(cv_caller)
     assert runtime.parse_threads("auto") == 0 and runtime.parse_threads(None) == 0 and runtime.parse_threads(3) == 3
     for bad in (-1, "two", 1.5):
         with pytest.raises(ValueError, match="threads"):

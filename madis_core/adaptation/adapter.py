@@ -228,7 +228,7 @@ class Adapter:
                 out.append((left, right))
         return out
 
-    def _batch(self, pairs: Sequence[Tuple[torch.Tensor, ...]]) -> Tuple[torch.Tensor, ...]:
+    def sample_batch(self, pairs: Sequence[Tuple[torch.Tensor, ...]]) -> Tuple[torch.Tensor, ...]:
         """``batch`` random prepared pairs, cropped (``crop``) and mirrored (``flip_augment``):
         ``(left, right)`` or, with proxy labels, ``(left, right, proxy)``."""
         cfg = self.config
@@ -350,7 +350,7 @@ class Adapter:
         for i in range(steps):
             if (budget and self.seconds >= budget) or (cpu_budget and self.cpu_seconds >= cpu_budget):
                 break
-            logs = self.step(*self._batch(tensors))
+            logs = self.step(*self.sample_batch(tensors))
             if log_every and (i + 1) % log_every == 0:
                 log(f"step {self.steps_done}: " + " ".join(f"{k} {v:.4f}" for k, v in logs.items())
                     + f" ({self.seconds:.0f} s)")

@@ -199,7 +199,7 @@ class OnlineAdapter:
     def _step(self, left: np.ndarray, right: np.ndarray) -> None:
         t0 = time.perf_counter()
         prepared = self.adapter.prepare([UnlabeledPair(left, right, f"online-{self.pairs_used}")])
-        logs = self.adapter.step(*self.adapter._batch(prepared))
+        logs = self.adapter.step(*self.adapter.sample_batch(prepared))
         self.pairs_used += 1
         a = self.loss_smoothing
         photo = logs["photometric"]

@@ -3,6 +3,7 @@
     class MyBackend(StereoBackend):
         def __init__(self, ..., device="auto"):
             self.name, self.device, self.meta = ..., ..., ModelMeta(...)
+        thread_library = "torch"  # or "opencv", "none": whose thread count predict uses
         def predict_checked(self, left, right) -> StereoResult: ...
 
     @BACKENDS.decorator("mine")
@@ -38,6 +39,9 @@ class StereoBackend:
     name: str = "backend"
     device: str = "cpu"
     meta: ModelMeta
+    #: which library's thread count governs ``predict_checked`` on the CPU, so the estimator
+    #: can set it per call: "torch", "opencv", or "none" (the backend fixes its own count)
+    thread_library: str = "torch"
 
     def predict_checked(self, left: np.ndarray, right: np.ndarray) -> StereoResult:  # pragma: no cover - interface
         raise NotImplementedError

@@ -90,6 +90,8 @@ def select_providers(device: str, precision: str) -> List[Any]:
 
 
 class OnnxBackend(StereoBackend):
+    thread_library = "none"  # the session's intra-op count is fixed when it is made (``threads``)
+
     def __init__(self, model: Any, device: str = "auto", precision: str = "fp32", random_init: bool = False,
                  threads: int = 0, allow_spinning: bool = False, **model_overrides: Any):
         """``threads``: intra-op threads (0: onnxruntime's default, one per core).

@@ -23,6 +23,8 @@ _MODES = {"sgbm": cv2.STEREO_SGBM_MODE_SGBM, "hh": cv2.STEREO_SGBM_MODE_HH,
 class SGBMBackend(StereoBackend):
     """StereoSGBM with the parameters exposed. Holes (no match) are NaN."""
 
+    thread_library = "opencv"
+
     def __init__(self, num_disparities: Optional[int] = None, max_disparity: float = 0.0, block_size: int = 5,
                  mode: str = "sgbm",
                  min_disparity: int = 0, p1: int | None = None, p2: int | None = None,
