@@ -33,7 +33,7 @@ def stereo_status(st: Dict[str, Any], settings: Any, estimator: Any, name: str, 
                                         "overhead_ms_p95", "publish_ms_mean", "latency_ms_mean", "latency_ms_p95",
                                         "stamp_age_ms_p95")},
         "rss_mb": f"{st['rss_mb']:.1f}",
-        **{f"subscribers_{t.replace('/', '_')}": n for t, n in st.get("subscribers", {}).items()},
+        **{f"subscribers_{t.replace('/', '_')}": n for t, n in st["subscribers"].items()},
     }
     if "adapt_steps" in st:  # adapt:=true: steps done, pairs, the running self-supervised loss
         values.update({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in st.items() if k.startswith("adapt_")})

@@ -96,11 +96,17 @@ class StereoNode(Node):
 
         # --- outputs ------------------------------------------------------------------------
         oq = qos_profile(s.output_qos, depth=2)
-        self.pub_disparity = self.create_publisher(DisparityImage, "disparity", oq) if s.publish_disparity else None
-        self.pub_depth = self.create_publisher(Image, "depth", oq) if s.publish_depth else None
-        self.pub_points = self.create_publisher(PointCloud2, "points2", oq) if s.publish_points else None
-        self.pub_confidence = self.create_publisher(Image, "confidence", oq) if s.publish_confidence else None
-        self.pub_color = self.create_publisher(Image, "disparity/color", oq) if s.publish_color_disparity else None
+        self._outputs: Dict[str, Any] = {}  # relative topic -> publisher of every enabled output
+
+        def output(cls: Any, topic: str, enabled: bool) -> Any:
+            if enabled:
+                self._outputs[topic] = self.create_publisher(cls, topic, oq)
+            return self._outputs.get(topic)
+        self.pub_disparity = output(DisparityImage, "disparity", s.publish_disparity)
+        self.pub_depth = output(Image, "depth", s.publish_depth)
+        self.pub_points = output(PointCloud2, "points2", s.publish_points)
+        self.pub_confidence = output(Image, "confidence", s.publish_confidence)
+        self.pub_color = output(Image, "disparity/color", s.publish_color_disparity)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
         # --- inputs (callbacks run only once the executor spins) ---------------------------------
@@ -311,16 +317,10 @@ class StereoNode(Node):
         out["received"] = {t: self.received[t] for t in self.in_topics}
         out["rss_mb"] = rss_mb()
         # who listens, as this node's DDS participant has discovered them ("is anyone subscribed?")
-        out["subscribers"] = {name: pub.get_subscription_count() for name, pub in self._output_publishers()}
+        out["subscribers"] = {topic: pub.get_subscription_count() for topic, pub in self._outputs.items()}
         if self.adaptation is not None:
             out.update(self.adaptation.stats())
         return out
-
-    def _output_publishers(self):
-        """(topic, publisher) of every enabled output."""
-        named = (("disparity", self.pub_disparity), ("depth", self.pub_depth), ("points2", self.pub_points),
-                 ("confidence", self.pub_confidence), ("disparity/color", self.pub_color))
-        return [(name, pub) for name, pub in named if pub is not None]
 
     def _publish_diagnostics(self) -> None:
         self._guarded("diagnostics", self._publish_diagnostics_now)
