@@ -53,12 +53,15 @@ def start_online_adaptation(settings: Any, estimator: Any, logger: Any):
                      "learn, so the node runs without adaptation")
         return None
     from madis_core.adaptation.online import OnlineAdapter, online_config
+    from madis_core.adaptation.online_process import OnlineAdapterProcess
 
     config = online_config(lr=settings.adapt_lr)  # madis_core's online defaults otherwise
-    online = OnlineAdapter(net, config, min_interval_s=settings.adapt_interval_sec, threads=settings.adapt_threads,
-                           device=str(estimator.device)).start()
-    logger.info(f"online adaptation on: at most one step per {settings.adapt_interval_sec:g} s on "
-                f"{settings.adapt_threads} thread(s), lr {settings.adapt_lr:g}; "
+    kind = OnlineAdapterProcess if settings.adapt_in_process else OnlineAdapter
+    online = kind(net, config, min_interval_s=settings.adapt_interval_sec, threads=settings.adapt_threads,
+                  device=str(estimator.device)).start()
+    logger.info(f"online adaptation on ({'child process' if settings.adapt_in_process else 'thread'}): at most one "
+                f"step per {settings.adapt_interval_sec:g} s on {settings.adapt_threads} thread(s), "
+                f"lr {settings.adapt_lr:g}; "
                 + (f"weights saved to {settings.adapt_save_path} on shutdown" if settings.adapt_save_path
                    else "not saved (adapt_save_path empty)"))
     return online

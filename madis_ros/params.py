@@ -150,6 +150,9 @@ PARAMS: Tuple[ParamSpec, ...] = (
     ParamSpec("adapt_interval_sec", 1.0, "At most one adaptation step per this many seconds (bounds its CPU/GPU "
               "share).", limits=(0.0, 3600.0)),
     ParamSpec("adapt_threads", 1, "CPU threads of the adaptation thread (inference keeps its own).", limits=(1, 64)),
+    ParamSpec("adapt_in_process", True, "Run the adaptation in a child process (its own interpreter: no lock shared "
+              "with inference, its own priority) instead of a thread of the node; weights come back through "
+              "shared memory."),
     ParamSpec("adapt_lr", 1e-4, "Learning rate of online adaptation.", limits=(0.0, 1.0), above_low=True),
     ParamSpec("adapt_save_path", "", "Write the adapted weights (+ a .md card) here on shutdown, loadable with "
               "model:=PATH; empty: not saved.",
@@ -200,6 +203,7 @@ class NodeSettings:
     adapt: bool
     adapt_interval_sec: float
     adapt_threads: int
+    adapt_in_process: bool
     adapt_lr: float
     adapt_save_path: str
 

@@ -318,18 +318,24 @@ def test_madis_adapt_reports_bad_arguments(tmp_path, capsys):
 
 
 # --- online adaptation beside inference ------------------------------------------------------
-def test_online_adapter_steps_in_the_background_without_blocking_and_saves(tmp_path):
+@pytest.mark.parametrize("kind", ["thread", "process"])
+def test_online_adapter_steps_in_the_background_without_blocking_and_saves(tmp_path, kind):
     from madis_core.adaptation.card import read_adaptation
     from madis_core.adaptation.online import OnlineAdapter
+    from madis_core.adaptation.online_process import OnlineAdapterProcess
     from madis_core.estimator import StereoEstimator
 
     pair = motorcycle_crop(128, 256)
     infer = load_registry_model("student-lite").eval()
     start = {k: v.clone() for k, v in infer.state_dict().items()}
-    online = OnlineAdapter(infer, small_config(crop=(96, 192)), min_interval_s=0.2, threads=1).start()
+    cls = OnlineAdapterProcess if kind == "process" else OnlineAdapter
+    online = cls(infer, small_config(crop=(96, 192)), min_interval_s=0.2, threads=1).start()
+    t_ready = time.monotonic() + 60.0
+    while kind == "process" and not online.ready and time.monotonic() < t_ready and online.running:
+        time.sleep(0.05)  # the child imports torch and builds its network first
     offer_ms, t_end = [], time.monotonic() + 6.0
     try:
-        while time.monotonic() < t_end and online.adapter.steps_done < 4:
+        while time.monotonic() < t_end and online.stats()["adapt_steps"] < 4:
             t0 = time.perf_counter()
             online.offer(pair.left, pair.right)
             offer_ms.append((time.perf_counter() - t0) * 1e3)
@@ -343,7 +349,9 @@ def test_online_adapter_steps_in_the_background_without_blocking_and_saves(tmp_p
     assert st["adapt_steps"] <= elapsed / 0.2 + 1  # the rate bound holds
     assert st["adapt_pairs_offered"] == len(offer_ms) and st["adapt_pairs_dropped"] > 0
     assert np.isfinite(st["adapt_loss"]) and st["adapt_failed_steps"] == 0
-    assert max(offer_ms) < 5.0, max(offer_ms)  # offering never waits for a step
+    # offering never waits for a step (100+ ms): a median far below 1 ms, and no outlier beyond a few
+    # of the interpreter's 5 ms switch intervals (another thread of this process may hold its lock)
+    assert np.median(offer_ms) < 1.0 and max(offer_ms) < 25.0, (np.median(offer_ms), max(offer_ms))
     # the inference network is untouched until it asks, then gets the adapted weights
     assert all(torch.equal(v, start[k]) for k, v in infer.state_dict().items())
     assert online.sync_into(infer) and not online.sync_into(infer)

@@ -67,6 +67,7 @@ class AdaptConfig:
     photometric: float = 1.0          # weight of the SSIM + L1 reconstruction loss
     ssim_alpha: float = 0.85          # SSIM share of the photometric error
     photometric_scales: int = 1       # also at 1/2, 1/4 ... resolution (averaged images: robust to sensor noise)
+    photometric_blur: float = 0.0     # Gaussian sigma (px) both views get before the comparison (sensor noise)
     photometric_kind: str = "ssim"    # ssim (SSIM + L1) | census (soft census: ignores gain/gamma differences)
     smoothness: float = 0.2           # weight of the edge-aware smoothness
     pseudo: float = 0.02              # weight of the EMA teacher's pseudo labels (confidence-weighted, per px)
@@ -281,9 +282,10 @@ class Adapter:
         disp = out["disparity"]
         keep = ~occluded if cfg.occlusion in ("lr", "geometric", "both") else torch.ones_like(consistent)
         photo = []
+        left_p, right_p = L.gaussian_blur(left, cfg.photometric_blur), L.gaussian_blur(right, cfg.photometric_blur)
         for k in range(cfg.photometric_scales):  # scale k: images and disparity averaged over 2^k x 2^k
             f = 2 ** k
-            lk, rk = (F.avg_pool2d(t, f) if f > 1 else t for t in (left, right))
+            lk, rk = (F.avg_pool2d(t, f) if f > 1 else t for t in (left_p, right_p))
             dk = F.avg_pool2d(disp, f) / f if f > 1 else disp
             mk = F.max_pool2d((~keep).float(), f) == 0 if f > 1 else keep
             err, inside = L.photometric_error(lk, rk, dk, cfg.ssim_alpha, cfg.photometric_kind)
@@ -381,7 +383,8 @@ def self_supervised_loss(model: nn.Module, pairs: Sequence[UnlabeledPair], confi
             left, right = (t.to(device) for t in pair_to_tensors(pair))
             d = forward_padded(model, left, right)["disparity"].float()
             d_r = forward_padded(model, *L.flip_pair(left, right))["disparity"].float().flip(-1)
-            err, inside = L.photometric_error(left, right, d, config.ssim_alpha)
+            lb, rb = L.gaussian_blur(left, config.photometric_blur), L.gaussian_blur(right, config.photometric_blur)
+            err, inside = L.photometric_error(lb, rb, d, config.ssim_alpha, config.photometric_kind)
             keep = inside & L.lr_consistency_mask(d, d_r, config.lr_tolerance)
             photo.append(float(L.masked_mean(err, keep)))
             smooth.append(float(L.smoothness_loss(d, left)))

@@ -20,6 +20,7 @@ pixels of that resolution (positive: the left pixel x matches the right pixel x 
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, Iterable, Tuple
 
 import torch
@@ -42,6 +43,19 @@ def warp_to_left(right: torch.Tensor, disparity: torch.Tensor) -> Tuple[torch.Te
     warped = F.grid_sample(right, grid.to(right.dtype), mode="bilinear", padding_mode="border", align_corners=True)
     inside = ((xr >= 0) & (xr <= w - 1)).unsqueeze(1)
     return warped, inside
+
+
+def gaussian_blur(img: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of a ``B x C x H x W`` image (replicated borders); ``sigma`` 0: unchanged."""
+    if sigma <= 0:
+        return img
+    r = int(math.ceil(3 * sigma))
+    x = torch.arange(-r, r + 1, dtype=img.dtype, device=img.device)
+    k = torch.exp(-x * x / (2 * sigma * sigma))
+    c = img.shape[1]
+    k = (k / k.sum()).view(1, 1, 1, -1).repeat(c, 1, 1, 1)
+    y = F.pad(img, (r, r, r, r), mode="replicate")
+    return F.conv2d(F.conv2d(y, k, groups=c), k.transpose(2, 3), groups=c)
 
 
 def ssim_dissimilarity(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -140,6 +140,11 @@ class OnlineAdapter:
         self._synced[id(target)] = version
         return True
 
+    def published(self) -> Tuple[int, Optional[Dict[str, torch.Tensor]]]:
+        """``(version, state dict)`` of the newest published weights (``(0, None)`` before any)."""
+        with self._cond:
+            return self._version, self._published
+
     # --- lifecycle ----------------------------------------------------------------------
     def start(self) -> "OnlineAdapter":
         if self._thread is None:
@@ -190,13 +195,15 @@ class OnlineAdapter:
                 return
             self._last_step_t = time.monotonic()
             try:
-                self._step(*pair)
+                self.adapt_on(*pair)
             except Exception as exc:  # adaptation must never take inference down
                 self.steps_failed += 1
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("online adaptation step failed: %s", self.last_error)
 
-    def _step(self, left: np.ndarray, right: np.ndarray) -> None:
+    def adapt_on(self, left: np.ndarray, right: np.ndarray) -> None:
+        """One adaptation step on this pair, then publish the weights when due (the
+        thread's work; ``OnlineAdapterProcess`` calls it in its own process)."""
         t0 = time.perf_counter()
         prepared = self.adapter.prepare([UnlabeledPair(left, right, f"online-{self.pairs_used}")])
         logs = self.adapter.step(*self.adapter.sample_batch(prepared))
@@ -221,21 +228,29 @@ class OnlineAdapter:
 
     def save(self, path: str | os.PathLike) -> os.PathLike:
         """Write the adapted weights and their card (``madis_core.adaptation.card``)."""
-        from madis_core.adaptation.card import write_adapted
-
         with self._cond:
             state = self._published
-        model = copy.deepcopy(self.adapter.model).eval()
-        if state is not None:
-            model.load_state_dict(state)
-        nan = float("nan")
-        loss = {"loss": self.loss, "photometric": self.loss, "smoothness": nan, "consistent": nan}
-        first = self.adapter.history[0]["photometric"] if self.adapter.history else nan
-        facts = {"start": self.start_name, "data": "online (node input)", "pairs": self.pairs_used,
-                 "sizes": "as received", "steps": self.adapter.steps_done, "seconds": self.adapter.seconds,
-                 "seconds_total": self.adapter.seconds, "threads": self.threads, "device": str(self.adapter.device),
-                 "config": self.config.as_dict(), "command": "online adaptation (adapt:=true)",
-                 "self_supervised_before": {"loss": first, "photometric": first, "smoothness": nan,
-                                            "consistent": nan},
-                 "self_supervised_after": loss}
-        return write_adapted(model, path, facts)
+        first = self.adapter.history[0]["photometric"] if self.adapter.history else float("nan")
+        return write_online_card(self.adapter.model, state, path, start=self.start_name, pairs=self.pairs_used,
+                                 steps=self.adapter.steps_done, seconds=self.adapter.seconds, threads=self.threads,
+                                 device=str(self.adapter.device), config=self.config, first_loss=first,
+                                 loss=self.loss)
+
+
+def write_online_card(model: nn.Module, state: Optional[Dict[str, torch.Tensor]], path: str | os.PathLike, *,
+                      start: str, pairs: int, steps: int, seconds: float, threads: int, device: str,
+                      config: AdaptConfig, first_loss: float, loss: float) -> os.PathLike:
+    """A copy of ``model`` with the published ``state`` (if any) written with its card."""
+    from madis_core.adaptation.card import write_adapted
+
+    model = copy.deepcopy(model).eval()
+    if state is not None:
+        model.load_state_dict(state)
+    nan = float("nan")
+    facts = {"start": start, "data": "online (node input)", "pairs": pairs, "sizes": "as received", "steps": steps,
+             "seconds": seconds, "seconds_total": seconds, "threads": threads, "device": device,
+             "config": config.as_dict(), "command": "online adaptation (adapt:=true)",
+             "self_supervised_before": {"loss": first_loss, "photometric": first_loss, "smoothness": nan,
+                                        "consistent": nan},
+             "self_supervised_after": {"loss": loss, "photometric": loss, "smoothness": nan, "consistent": nan}}
+    return write_adapted(model, path, facts)

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from madis_core.adaptation.losses import gaussian_blur
 from madis_core.adaptation.sources import UnlabeledPair
 
 SHIFTED_SIZE = (256, 512)
@@ -60,13 +61,7 @@ def apply_camera(img: torch.Tensor, gen: torch.Generator, blur: float, vignettin
     """One view (3 x H x W, linear in [0, 1]) through one camera of ``SHIFTED_CAMERAS``."""
     _, h, w = img.shape
     if blur > 0:
-        r = int(np.ceil(3 * blur))
-        x = torch.arange(-r, r + 1, dtype=img.dtype)
-        k = torch.exp(-x * x / (2 * blur * blur))
-        k = (k / k.sum()).view(1, 1, 1, -1).repeat(3, 1, 1, 1)
-        y = F.pad(img[None], (r, r, r, r), mode="replicate")
-        y = F.conv2d(F.conv2d(y, k, groups=3), k.transpose(2, 3), groups=3)
-        img = y[0]
+        img = gaussian_blur(img[None], blur)[0]
     img = img * vignette(h, w, vignetting) * torch.tensor(gains, dtype=img.dtype).view(3, 1, 1)
     noise = torch.randn(img.shape, generator=gen) * torch.sqrt(shot ** 2 * img.clamp(min=0) + read ** 2)
     return (img + noise).clamp(0, 1).pow(gamma)
