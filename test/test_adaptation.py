@@ -48,6 +48,32 @@ def test_photometric_error_is_lowest_at_the_true_disparity():
     assert min(errors[0.0], errors[5.0], errors[9.0]) > 20 * errors[7.0]
 
 
+def test_photometric_blur_keeps_images_and_the_best_disparity_and_removes_noise():
+    """``photometric_blur``: a constant image stays constant, independent noise loses most of
+    its variance, and with noisy views the true disparity still explains the pair best, by a
+    wider margin than without the blur."""
+    flat = torch.full((1, 3, 32, 48), 0.4)
+    assert torch.allclose(L.gaussian_blur(flat, 1.5), flat, atol=1e-6)
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn((1, 3, 64, 64), generator=g) * 0.05
+    assert float(L.gaussian_blur(noise, 1.0).std()) < 0.4 * float(noise.std())
+    left, _ = pair_to_tensors(motorcycle_crop())
+    right = torch.roll(left, shifts=-7, dims=-1)
+    left_n = (left + torch.randn(left.shape, generator=g) * 0.08).clamp(0, 1)
+    right_n = (right + torch.randn(right.shape, generator=g) * 0.08).clamp(0, 1)
+    interior = torch.arange(left.shape[-1]) < left.shape[-1] - 10
+    margins = []
+    for sigma in (0.0, 1.0):
+        lb, rb = L.gaussian_blur(left_n, sigma), L.gaussian_blur(right_n, sigma)
+        err = {}
+        for d in (6.0, 7.0, 8.0):
+            e, inside = L.photometric_error(lb, rb, torch.full_like(left[:, :1], d))
+            err[d] = float(L.masked_mean(e, inside & interior))
+        assert err[7.0] < min(err[6.0], err[8.0])
+        margins.append(min(err[6.0], err[8.0]) / err[7.0])
+    assert margins[1] > margins[0], margins
+
+
 def test_lr_check_marks_the_occluded_strip():
     """A near square (d = 12) on a far plane (d = 4): the left pixels just left of the square
     see background hidden in the right view, and the check flags them (only them)."""

@@ -67,8 +67,14 @@ def apply_camera(img: torch.Tensor, gen: torch.Generator, blur: float, vignettin
     return (img + noise).clamp(0, 1).pow(gamma)
 
 
+#: an ideal camera (no blur, vignetting, colour cast, gamma or noise): ``shifted_samples(cameras=(IDEAL, IDEAL))``
+#: renders the same scenes as the rig would see them through perfect optics
+IDEAL_CAMERA = dict(blur=0.0, vignetting=0.0, gains=(1.0, 1.0, 1.0), gamma=1.0, shot=0.0, read=0.0)
+
+
 @functools.lru_cache(maxsize=4)
-def _shifted(n: int, seed: int, height: int, width: int, max_disparity: float) -> Tuple[Dict, ...]:
+def _shifted(n: int, seed: int, height: int, width: int, max_disparity: float,
+             cameras: Tuple[Tuple[Tuple[str, object], ...], ...]) -> Tuple[Dict, ...]:
     from madis_core.data.datasets import tensor_batch_to_samples
     from madis_core.data.synthetic import SyntheticStereoGenerator
 
@@ -80,8 +86,8 @@ def _shifted(n: int, seed: int, height: int, width: int, max_disparity: float) -
         for i in range(n):
             batch = gen.generate(1, seed=i)
             g = torch.Generator().manual_seed(seed * 100_003 + i)
-            for camera, key in zip(SHIFTED_CAMERAS, ("left", "right")):
-                batch[key][0] = apply_camera(batch[key][0], g, **camera)
+            for camera, key in zip(cameras, ("left", "right")):
+                batch[key][0] = apply_camera(batch[key][0], g, **dict(camera))
             out += tensor_batch_to_samples(batch, [f"shifted-{seed}-{i:03d}"])
     finally:
         torch.set_num_threads(threads)
@@ -89,9 +95,11 @@ def _shifted(n: int, seed: int, height: int, width: int, max_disparity: float) -
 
 
 def shifted_samples(n: int, seed: int = EVAL_SEED, height: int = SHIFTED_SIZE[0], width: int = SHIFTED_SIZE[1],
-                    max_disparity: float = 64.0) -> List[Dict]:
-    """``n`` pairs of the shifted domain as sample dicts (with ground truth, for evaluation)."""
-    return [dict(s) for s in _shifted(int(n), int(seed), int(height), int(width), float(max_disparity))]
+                    max_disparity: float = 64.0, cameras: Sequence[Dict] = SHIFTED_CAMERAS) -> List[Dict]:
+    """``n`` pairs of the shifted domain as sample dicts (with ground truth, for evaluation);
+    ``cameras``: the (left, right) camera models (``apply_camera``'s arguments)."""
+    frozen = tuple(tuple(sorted(c.items())) for c in cameras)
+    return [dict(s) for s in _shifted(int(n), int(seed), int(height), int(width), float(max_disparity), frozen)]
 
 
 def unlabeled(samples: Sequence[Dict]) -> List[UnlabeledPair]:
