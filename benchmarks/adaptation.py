@@ -96,19 +96,23 @@ def check_domain(name: str, samples, blur: float = 0.0) -> None:
 
     model = load_registry_model(name).eval()
     offsets = (-2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0)
-    at_gt, at_pred, by_offset = [], [], []
+    at_gt, at_pred, by_offset, kept_gt, kept_pred = [], [], [], [], []
     for s, pair in zip(samples, unlabeled(samples)):
         left, right = pair_to_tensors(pair)
         gt = torch.from_numpy(np.nan_to_num(s["disparity"]))[None, None]
         noc = torch.from_numpy(s["noc"])[None, None]
         with torch.no_grad():
             d = forward_padded(model, left, right)["disparity"]
+            d_right = forward_padded(model, *L.flip_pair(left, right))["disparity"].flip(-1)
         left, right = L.gaussian_blur(left, blur), L.gaussian_blur(right, blur)
         e_gt, inside = L.photometric_error(left, right, gt)
-        e_pred, _ = L.photometric_error(left, right, d)
+        e_pred, inside_pred = L.photometric_error(left, right, d)
         bad = ((d - gt).abs() > 2) & noc & inside
         at_gt.append(float(L.masked_mean(e_gt, bad)))
         at_pred.append(float(L.masked_mean(e_pred, bad)))
+        kept = L.lr_consistency_mask(d, d_right) & inside_pred & inside  # where adaptation applies the loss
+        kept_gt.append(float(L.masked_mean(e_gt, kept)))
+        kept_pred.append(float(L.masked_mean(e_pred, kept)))
         row = []
         for o in offsets:
             e, ins = L.photometric_error(left, right, gt + o)
@@ -119,7 +123,10 @@ def check_domain(name: str, samples, blur: float = 0.0) -> None:
           f"at the ground truth {np.mean(at_gt):.4f}, at its prediction {np.mean(at_pred):.4f} (ratio "
           f"{np.mean(at_gt) / np.mean(at_pred):.3f}: the lower, the more a self-supervised loss can teach); "
           "at the ground truth + offset: " + ", ".join(f"{o:+g} px {c:.4f}" for o, c in zip(offsets, curve))
-          + f" (minimum at {offsets[int(np.argmin(curve))]:+g} px)")
+          + f" (minimum at {offsets[int(np.argmin(curve))]:+g} px); on its left-right-consistent pixels (where "
+          f"adaptation applies the loss): at the ground truth {np.mean(kept_gt):.4f}, at its prediction "
+          f"{np.mean(kept_pred):.4f} (ratio {np.mean(kept_gt) / np.mean(kept_pred):.3f}: near 1, the loss cannot tell "
+          "the truth from the model where it is applied)")
 
 
 def domain_gap(name: str, n: int) -> None:
