@@ -37,6 +37,10 @@ def stereo_status(st: Dict[str, Any], settings: Any, estimator: Any, name: str, 
     }
     if "adapt_steps" in st:  # adapt:=true: steps done, pairs, the running self-supervised loss
         values.update({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in st.items() if k.startswith("adapt_")})
+        if not st.get("adapt_running", True):  # its thread or process ended: inference goes on, unadapted from now
+            level = DiagnosticStatus.WARN
+            msg = ("online adaptation stopped (the last adapted weights stay in use); " + msg) if msg != "ok" \
+                else "online adaptation stopped (the last adapted weights stay in use)"
     status = DiagnosticStatus(level=level, name=f"{name}: stereo", message=msg,
                               hardware_id=f"{estimator.name}@{estimator.device}")
     status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]

@@ -134,6 +134,7 @@ class StereoNode(Node):
         # online adaptation (adapt:=true): its own thread and network copy; weights come in between frames
         self.adaptation = start_online_adaptation(s, self.estimator, self.get_logger())
         self._adapted_net = self.estimator.backend.trainable_network() if self.adaptation else None
+        self._adapt_end_logged = False
         self.worker = NewestPairWorker(self._process, DROP_REASONS, on_error=self._on_worker_error)
 
         # --- monitoring (steady clock: independent of use_sim_time) ----------------------------------
@@ -327,6 +328,11 @@ class StereoNode(Node):
 
     def _publish_diagnostics_now(self) -> None:
         st = self.stats()
+        if self.adaptation is not None and not st.get("adapt_running", True) and not self._adapt_end_logged:
+            self._adapt_end_logged = True
+            err = getattr(self.adaptation, "last_error", None)
+            self.get_logger().error(f"online adaptation stopped unexpectedly{f' ({err})' if err else ''}; the node "
+                                    "goes on with the last adapted weights")
         silent = st["input_rate_hz"] == 0 and time.monotonic() - self._t_start > self.settings.no_input_warn_sec
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()

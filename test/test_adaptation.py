@@ -388,6 +388,40 @@ def test_online_adapter_steps_in_the_background_without_blocking_and_saves(tmp_p
     assert np.isfinite(est.predict(pair.left, pair.right).disparity).all()
 
 
+def test_online_adapter_process_killed_mid_run_stops_and_saves_in_bounded_time(tmp_path):
+    """The adaptation process dies (OOM killer, a crash) while inference goes on: offering
+    and syncing still never block, and stop() and save() finish at once with the weights it
+    last published (stop() used to wait forever on an Event the dead child slept on)."""
+    import os
+    import signal
+
+    from madis_core.adaptation.card import read_adaptation
+    from madis_core.adaptation.online_process import OnlineAdapterProcess
+
+    pair = motorcycle_crop(128, 256)
+    infer = load_registry_model("student-lite").eval()
+    online = OnlineAdapterProcess(infer, small_config(crop=(96, 192)), min_interval_s=0.1, threads=1).start()
+    t_end = time.monotonic() + 60.0
+    while online.stats()["adapt_steps"] < 2 and time.monotonic() < t_end and online.running:
+        online.offer(pair.left, pair.right)
+        online.sync_into(infer)
+        time.sleep(0.05)
+    assert online.stats()["adapt_steps"] >= 2, (online.stats(), online.last_error)
+    os.kill(online.pid, signal.SIGKILL)
+    t_end = time.monotonic() + 10.0
+    while online.running and time.monotonic() < t_end:
+        time.sleep(0.05)
+    assert not online.running
+    t0 = time.perf_counter()
+    for _ in range(10):
+        online.offer(pair.left, pair.right)
+        online.sync_into(infer)
+    online.stop(timeout=5.0)
+    out = online.save(tmp_path / "after_death.safetensors")
+    assert time.perf_counter() - t0 < 2.0
+    assert read_adaptation(out)["steps"] >= 2
+
+
 def test_online_thread_limits_only_its_own_torch_threads():
     from madis_core.adaptation.online import limit_this_thread
 

@@ -5,6 +5,8 @@ gets a clear error and the node serves unadapted.
 
 Processes: two nodes (started together) and this test process publishing pairs and subscribing.
 """
+import os
+import signal
 import sys
 from pathlib import Path
 
@@ -24,6 +26,18 @@ DOMAIN_T, DOMAIN_S = free_domain(), free_domain()
 W, H = 192, 128
 COMMON = {"no_input_warn_sec": 60.0, "input_qos": "reliable", "diagnostics_period": 0.5, "publish_points": False,
           "adapt": True, "adapt_interval_sec": 0.2}
+
+
+def adaptation_child(node_pid: int) -> int:
+    """The pid of the node's adaptation process (its spawned child that is not the resource tracker)."""
+    for task in os.listdir(f"/proc/{node_pid}/task"):
+        with open(f"/proc/{node_pid}/task/{task}/children") as f:
+            for pid in f.read().split():
+                with open(f"/proc/{pid}/cmdline", "rb") as c:
+                    cmd = c.read().replace(b"\0", b" ")
+                if b"multiprocessing" in cmd and b"resource_tracker" not in cmd:
+                    return int(pid)
+    raise AssertionError(f"node {node_pid} has no adaptation process")
 
 
 def test_online_adaptation_steps_reports_and_saves_on_sigint(tmp_path):
@@ -58,8 +72,30 @@ def test_online_adaptation_steps_reports_and_saves_on_sigint(tmp_path):
             assert adapted(3), (d, torch_node.log_text()[-3000:])
             assert int(d["adapt_failed_steps"]) == 0 and np.isfinite(float(d["adapt_loss"])), d
             assert int(d["adapt_pairs_offered"]) >= int(d["adapt_pairs_used"]) >= 3, d
+            assert d["adapt_running"] == "True" and d["_level"] == 0, d
+
+            # the adaptation process dies (OOM killer, a crash): the node says so and keeps serving
+            child = adaptation_child(torch_node.pid)
+            os.kill(child, signal.SIGKILL)
+
+            def stopped():
+                v = diagnostics_values(diags.msgs)
+                return v.get("adapt_running") == "False" and v["_level"] == 1
+
+            for _ in range(100):
+                inp.send(image_pair_messages(scene))
+                if rc.wait_for(stopped, 0.1):
+                    break
+            d = diagnostics_values(diags.msgs)
+            assert stopped(), d
+            assert "online adaptation stopped" in d["_message"], d
+            n_before = len(disp)
+            for _ in range(5):
+                inp.send(image_pair_messages(scene))
+            assert rc.wait_for(lambda: len(disp) > n_before, 10), "no output after the adapter died"
             n_out = len(disp)
         assert n_out >= 3
+        assert torch_node.wait_for_log(r"online adaptation stopped unexpectedly", 5), torch_node.log_text()[-3000:]
         assert torch_node.stop(timeout=15) == 0, torch_node.log_text()[-3000:]
     log = torch_node.log_text()
     assert "adapted weights (" in log and f"load them with model:={saved}" in log, log[-3000:]

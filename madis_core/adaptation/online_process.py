@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 #: slots of the shared figures array
 _STEPS, _PAIRS, _LOSS, _STEP_MS, _FAILED, _SECONDS, _FIRST_LOSS, _READY = range(8)
 _ERROR_BYTES = 300
+_POLL_S = 0.05  # how often the child checks for a stop and a pair; the sender for a request (/5)
 
 
 def _child_main(model: nn.Module, config: AdaptConfig, device: str, threads: int, nice: int, min_interval_s: float,
@@ -76,14 +77,14 @@ def _child_main(model: nn.Module, config: AdaptConfig, device: str, threads: int
     figures[_READY] = 1.0
     last = -float("inf")
     published = 0
-    while not stop.is_set() and (parent is None or parent.is_alive()):
+    while not stop.value and (parent is None or parent.is_alive()):
         wait = last + min_interval_s - time.monotonic()
         if wait > 0:
-            stop.wait(min(wait, 0.5))
+            time.sleep(min(wait, _POLL_S))
             continue
-        want.set()
+        want.value = 1
         try:
-            left, right = pairs.get(timeout=0.5)
+            left, right = pairs.get(timeout=_POLL_S)
         except queue.Empty:
             continue
         last = time.monotonic()
@@ -139,8 +140,10 @@ class OnlineAdapterProcess:
         self._figures = ctx.Array("d", [0.0, 0.0, float("nan"), float("nan"), 0.0, 0.0, float("nan"), 0.0],
                                   lock=False)
         self._error = ctx.Array("c", _ERROR_BYTES, lock=False)
-        self._want = ctx.Event()
-        self._stop_event = ctx.Event()
+        # flags, not Events: an Event's set() waits for every waiter to wake, and a killed
+        # waiter never does (stop() hung for good after the child was SIGKILLed)
+        self._want = ctx.Value("b", 0, lock=False)   # the child: a step is due, send a pair
+        self._stop_flag = ctx.Value("b", 0, lock=False)
         self._pairs = ctx.Queue(maxsize=1)
         self._proc: Optional[Any] = None
         self._sender: Optional[threading.Thread] = None
@@ -167,7 +170,8 @@ class OnlineAdapterProcess:
     def _send_loop(self) -> None:
         """Wait for the child to want a pair, then send it the newest fresh one."""
         while not self._closing:
-            if not self._want.wait(0.5):
+            if not self._want.value:
+                time.sleep(_POLL_S / 5)
                 continue
             with self._cond:
                 while not self._closing and not (self._slot is not None and self.pairs_offered
@@ -177,8 +181,14 @@ class OnlineAdapterProcess:
                     return
                 pair, self._slot = self._slot, None
                 self._offered_at_last_send = self.pairs_offered
-            self._want.clear()
-            self._pairs.put((np.ascontiguousarray(pair[0]), np.ascontiguousarray(pair[1])))
+            self._want.value = 0
+            item = (np.ascontiguousarray(pair[0]), np.ascontiguousarray(pair[1]))
+            while not self._closing:  # full only if the child died before taking the last one
+                try:
+                    self._pairs.put(item, timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
 
     def sync_into(self, target: nn.Module) -> bool:
         """Copy the newest adapted weights into ``target`` if it does not have them yet and
@@ -205,7 +215,7 @@ class OnlineAdapterProcess:
         if self._proc is None:
             args = (self._template, self.config, self.device, self.threads, self.nice, self.min_interval_s,
                     self.loss_smoothing, self._shared, self._lock, self._version, self._figures, self._error,
-                    self._want, self._pairs, self._stop_event)
+                    self._want, self._pairs, self._stop_flag)
             self._proc = self._ctx.Process(target=_child_main, args=args, name="madis_adapt", daemon=True)
             self._proc.start()
             self._sender = threading.Thread(target=self._send_loop, name="madis_adapt_send", daemon=True)
@@ -218,8 +228,7 @@ class OnlineAdapterProcess:
             self._cond.notify_all()
         if self._sender is not None:
             self._sender.join(timeout)
-        if self._stop_event is not None:
-            self._stop_event.set()
+        self._stop_flag.value = 1
         if self._proc is not None:
             self._proc.join(timeout)
             if self._proc.is_alive():  # a step in a long op: it has no state worth waiting for
@@ -236,12 +245,17 @@ class OnlineAdapterProcess:
 
         self._pairs.cancel_join_thread()  # a pair nobody will take must not hold up our exit
         self._pairs.close()
-        self._pairs = self._want = self._stop_event = self._lock = None
+        self._pairs = self._lock = None
         gc.collect()
 
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.is_alive()
+
+    @property
+    def pid(self) -> Optional[int]:
+        """The adaptation process's id (None before start)."""
+        return self._proc.pid if self._proc is not None else None
 
     @property
     def ready(self) -> bool:
@@ -264,9 +278,9 @@ class OnlineAdapterProcess:
 
     def save(self, path: str | os.PathLike) -> os.PathLike:
         """Write the newest published weights and their card."""
-        lock = self._lock
-        if lock is not None:
-            lock.acquire()
+        lock = self._lock if self.running else None  # a dead child may have died holding it
+        if lock is not None and not lock.acquire(timeout=10.0):
+            raise RuntimeError("the adaptation process holds its weights' lock for more than 10 s")
         try:
             state = {k: v.clone() for k, v in self._shared.items()} if self._version.value else None
         finally:
