@@ -266,8 +266,9 @@ def end_to_end(model: str, random_init: bool, width: int = 640, height: int = 48
         node.stop()
     e2e = [(wall - stamp) * 1e3 for wall, stamp, _ in items]
     t0 = items[0][1] if items else 0.0  # start-up transients (e.g. an adaptation process importing torch)
-    early = [(wall - stamp) * 1e3 for wall, stamp, _ in items if stamp - t0 < 5.0]
-    late = [(wall - stamp) * 1e3 for wall, stamp, _ in items if stamp - t0 >= 5.0]
+    warm = [stamp - t0 >= 5.0 for _, stamp, _ in items]
+    early = [v for v, w in zip(e2e, warm) if not w]
+    late = [v for v, w in zip(e2e, warm) if w]
     frames = [tuple(map(float, m.groups()[1:])) for m in _FRAME_RX.finditer(node.log_text())]
     return {"model": model, "random_init": random_init, "rate_hz": rate, "duration_s": duration,
             "size": f"{width}x{height}", "transport": transport, "qos": qos, "node_params": params,
@@ -335,15 +336,17 @@ def adapt_study(model: str, rounds: int, w: int, h: int, args, extra: Dict[str, 
     adaptation process's start-up); the verdict is on the p95 of all remaining frames of a
     mode pooled over rounds, the per-round figures show the spread."""
     runs: Dict[str, List[Dict[str, Any]]] = {m: [] for m in ADAPT_MODES}
+    late: Dict[str, List[float]] = {m: [] for m in ADAPT_MODES}  # every frame after warm-up, pooled
     for r in range(rounds):
         for mode, params in ADAPT_MODES.items():
             e = end_to_end(model, args.random_init, w, h, args.rate, args.duration, args.domain,
                            {**extra, **params}, args.transport, args.qos, args.kind)
+            late[mode] += e.pop("e2e_after_5s_values")
             runs[mode].append(e)
             print(f"round {r + 1} {mode:7s}: stamp->points2 p95 {e['e2e_after_5s_ms']['p95']:.1f} ms after the "
                   f"first 5 s ({e['e2e_first_5s_ms']['p95']:.1f} ms in them), {e['points2_received']} points2, "
                   f"{e.get('node_adapt_steps', 0)} adaptation steps", flush=True)
-    pooled = {m: _summary([v for e in runs[m] for v in e["e2e_after_5s_values"]]) for m in runs}
+    pooled = {m: _summary(late[m]) for m in runs}
     base = pooled["off"]["p95"]
     print("\n| adaptation | p95 per round (ms) | pooled p50 | pooled p95 | vs off |\n| --- | --- | --- | --- | --- |")
     for m in runs:
@@ -353,9 +356,6 @@ def adapt_study(model: str, rounds: int, w: int, h: int, args, extra: Dict[str, 
     verdict = {m: pooled[m]["p95"] <= 1.2 * base for m in ("process", "thread")}
     print(f"issue 17 bound (pooled p95 within 20 % of off): child process {'met' if verdict['process'] else 'MISSED'}"
           f", thread {'met' if verdict['thread'] else 'MISSED'}", flush=True)
-    for m in runs:
-        for e in runs[m]:
-            e.pop("e2e_after_5s_values", None)
     return {"rounds": runs, "pooled_after_5s_ms": pooled, "within_20_percent": verdict}
 
 
@@ -396,9 +396,9 @@ def main(argv=None) -> int:
     print(f"# node latency, {args.size}, model {model}{' (untrained)' if args.random_init else ''}; "
           f"{meta['host']}, load average {meta['load_avg'][0]:.1f}")
     result: Dict[str, Any] = {"meta": meta}
+    extra = {"inference_scale": args.inference_scale, "publish_resolution": args.publish_resolution,
+             **node_overrides(args.param)}  # end to end: node parameters
     if args.adapt_study:
-        extra = {"inference_scale": args.inference_scale, "publish_resolution": args.publish_resolution,
-                 **node_overrides(args.param)}
         result["adapt_study"] = adapt_study(model, args.adapt_study, w, h, args, extra)
     elif not args.e2e_only:
         over = {}
@@ -417,14 +417,12 @@ def main(argv=None) -> int:
     if not args.overhead_only and not args.adapt_study:
         beside = start_beside(args.beside) if args.beside else None
         try:
-            e = end_to_end(model, args.random_init, w, h, args.rate, args.duration, args.domain,
-                           {"inference_scale": args.inference_scale, "publish_resolution": args.publish_resolution,
-                            **node_overrides(args.param)},
+            e = end_to_end(model, args.random_init, w, h, args.rate, args.duration, args.domain, extra,
                            args.transport, args.qos, args.kind)
         finally:
             if beside is not None:
                 beside.kill()
-        e.pop("e2e_after_5s_values", None)
+        e.pop("e2e_after_5s_values")
         e["beside"] = args.beside
         result["end_to_end"] = e
         l, inf, ov = e["e2e_stamp_to_points2_ms"], e["node_inference_ms"], e["node_overhead_ms"]

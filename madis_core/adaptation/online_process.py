@@ -51,20 +51,14 @@ _ERROR_BYTES = 300
 _POLL_S = 0.05  # how often the child checks for a stop and a pair; the sender for a request (/5)
 
 
-def _child_main(model: nn.Module, config: AdaptConfig, device: str, threads: int, nice: int, min_interval_s: float,
+def _child_main(model: nn.Module, config: AdaptConfig, device: str, threads: int, min_interval_s: float,
                 loss_smoothing: float, shared: Dict[str, torch.Tensor], lock, version, figures, error, want, pairs,
                 stop) -> None:
     """The child's loop: raise ``want`` when a step is due, adapt on the pair that comes,
-    publish the weights into ``shared``."""
+    publish the weights into ``shared``. Its niceness was set by the parent at spawn."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent decides
-    if nice and hasattr(os, "setpriority"):  # the parent reniced this process at spawn; make sure of it
-        try:
-            target = min(19, os.getpriority(os.PRIO_PROCESS, os.getppid()) + nice)
-            os.setpriority(os.PRIO_PROCESS, 0, max(os.getpriority(os.PRIO_PROCESS, 0), target))
-        except OSError:  # pragma: no cover - platform dependent
-            pass
     torch.set_num_threads(threads)
     try:
         import cv2
@@ -214,7 +208,7 @@ class OnlineAdapterProcess:
     # --- lifecycle ----------------------------------------------------------------------
     def start(self) -> "OnlineAdapterProcess":
         if self._proc is None:
-            args = (self._template, self.config, self.device, self.threads, self.nice, self.min_interval_s,
+            args = (self._template, self.config, self.device, self.threads, self.min_interval_s,
                     self.loss_smoothing, self._shared, self._lock, self._version, self._figures, self._error,
                     self._want, self._pairs, self._stop_flag)
             self._proc = self._ctx.Process(target=_child_main, args=args, name="madis_adapt", daemon=True)
