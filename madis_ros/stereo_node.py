@@ -340,12 +340,30 @@ class StereoNode(Node):
                                     self.sync.sync.backend, silent)]
         self.pub_diag.publish(arr)
 
+    def _wait_outputs_acknowledged(self, limit_s: float) -> None:
+        """The pair in flight is published, and the DDS participant is destroyed next: a
+        reliable sample no reader has acknowledged yet (a large image still on its way in
+        fragments) would be lost with it. Wait for the acknowledgments, ``limit_s`` in all; a
+        reader that does not answer in time is logged, not waited for."""
+        from rclpy.duration import Duration
+
+        end = time.monotonic() + limit_s
+        for topic, pub in self._outputs.items():
+            if not pub.wait_for_all_acked(Duration(nanoseconds=int(max(0.0, end - time.monotonic()) * 1e9))):
+                self.get_logger().warning(f"shutting down: not every subscriber of {topic} acknowledged the last "
+                                          f"output within {limit_s:g} s")
+
     def shutdown(self) -> None:
         """Stop the worker after the pair in flight (its outputs are published), then the
         adaptation thread (after its step in progress), saving its weights with adapt_save_path."""
         self.worker.stop(timeout=10.0)
+        self._wait_outputs_acknowledged(OUTPUT_ACK_LIMIT_S)
         if self.adaptation is not None:
             save_online_adaptation(self.adaptation, self.settings.adapt_save_path, self.get_logger())
+
+
+#: at shutdown, how long the outputs of the pair in flight may wait for their subscribers' acknowledgments
+OUTPUT_ACK_LIMIT_S = 0.5
 
 
 def main(args=None) -> int:
