@@ -83,7 +83,8 @@ def test_a_signal_mid_inference_publishes_the_pair_then_ends_within_2_s():
             stamp = inp.send(image_pair_messages(scene))
             assert rc.wait_for(lambda: diagnostics_values(diags.msgs).get("pairs_in_progress") == "1", 30)
             rc_code, took = exit_after(node, signal.SIGINT, 60)
-            assert rc.wait_for(lambda: outputs_with_stamp(disp, stamp), 5), "the pair in flight was not published"
+            assert rc.wait_for(lambda: outputs_with_stamp(disp, stamp), 5), \
+                f"the pair in flight was not published; the node's log:\n{node.log_text()[-3000:]}"
         log = node.log_text()
         inference_s = float(re.findall(r"inference_ms=([\d.]+)", log)[-1]) / 1e3
         assert rc_code == 0 and not ERRORS.search(log), (rc_code, log[-3000:])
