@@ -3,6 +3,7 @@
     python benchmarks/adaptation.py                         # student, every protocol
     python benchmarks/adaptation.py --models student,student-lite --json adapt.json
     python benchmarks/adaptation.py --gap        # where the shifted domain's errors come from
+    python benchmarks/adaptation.py --ceiling    # what ground truth could do there (no adaptation)
 
 Protocols (ground truth is read only to *evaluate*, never by the adaptation, whose
 data are ``UnlabeledPair`` s: images only):
@@ -147,6 +148,54 @@ def domain_gap(name: str, n: int) -> None:
         print(f"| {label} | {r['bad_2']:.2f} | {r['epe']:.3f} |", flush=True)
 
 
+def supervised_ceiling(name: str, steps: int, lr: float, batch: int, eval_every: int, n_eval: int) -> None:
+    """The most any adaptation could be expected to reach on the shifted domain at this
+    budget: fine-tune ``name`` *with ground truth* (the loss of the student's training,
+    BatchNorm frozen as in adaptation) on fresh labelled pairs, and score the held-out
+    pairs every ``eval_every`` steps. Two worlds: the domain's own scenes through its
+    cameras (everything known), and the project's training scenes through its cameras
+    (only the cameras known)."""
+    import numpy as np
+
+    from madis_core.adaptation.adapter import forward_padded, freeze_batchnorm
+    from madis_core.adaptation.shifted_domain import (CEILING_SEED, SHIFTED_SIZE, shifted_generator,
+                                                      through_cameras)
+    from madis_core.data.synthetic import SyntheticStereoGenerator
+    from madis_core.training.distill_losses import ground_truth_loss
+
+    held_out = shifted_samples(n_eval, EVAL_SEED)
+    worlds = (("the domain's scenes and cameras", lambda: shifted_generator(CEILING_SEED)),
+              ("training scenes, the domain's cameras",
+               lambda: SyntheticStereoGenerator(*SHIFTED_SIZE, 192.0, seed=CEILING_SEED, device="cpu",
+                                                photometric=False)))
+    for label, make in worlds:
+        torch.manual_seed(0)
+        model = load_registry_model(name)
+        gen, noise = make(), torch.Generator().manual_seed(CEILING_SEED)
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+        curve = [(0, score(model, held_out)["bad_2"])]
+        t0 = time.time()
+        for step in range(1, steps + 1):
+            model.train()
+            freeze_batchnorm(model)
+            b = through_cameras(gen.generate(batch), noise)
+            out = forward_padded(model, b["left"], b["right"])
+            loss = ground_truth_loss([out["disparity"]], b["disparity"], b["valid"], [1.0], "log")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if step % eval_every == 0:
+                curve.append((step, score(model, held_out)["bad_2"]))
+                print(f"  {label}: step {step} bad-2 {curve[-1][1]:.2f} ({time.time() - t0:.0f} s)", file=sys.stderr,
+                      flush=True)
+        after = [b for _, b in curve[1:]]
+        best = min(after)
+        tail = float(np.mean(after[-3:]))
+        print(f"| {label} | {steps} x {batch} | {curve[0][1]:.2f} | {best:.2f} ({100 * (best / curve[0][1] - 1):+.1f} %) | "
+              f"{tail:.2f} ({100 * (tail / curve[0][1] - 1):+.1f} %) | "
+              + " ".join(f"{b:.1f}" for _, b in curve[1:]) + " |", flush=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="student", help="comma-separated registry names or weights files")
@@ -162,6 +211,11 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--check-domain", action="store_true", help="only the shifted domain's learnability check")
     ap.add_argument("--gap", action="store_true", help="only the shifted domain's error by camera component")
+    ap.add_argument("--ceiling", action="store_true", help="only the supervised ceiling on the shifted domain")
+    ap.add_argument("--ceiling-steps", type=int, default=800, help="--ceiling: fine-tuning steps per world")
+    ap.add_argument("--ceiling-lr", type=float, default=1e-4, help="--ceiling: Adam learning rate")
+    ap.add_argument("--ceiling-batch", type=int, default=4, help="--ceiling: labelled pairs per step")
+    ap.add_argument("--ceiling-every", type=int, default=100, help="--ceiling: score the held-out pairs every N steps")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)  # SGBM's proxy labels
@@ -169,6 +223,13 @@ def main(argv=None) -> int:
     if args.gap:
         for name in args.models.split(","):
             domain_gap(name, args.eval_pairs)
+        return 0
+    if args.ceiling:
+        print(f"| ground truth from ({args.eval_pairs} held-out pairs of the shifted domain) | steps x batch | "
+              "bad-2 % before | best | mean of the last 3 | every score |\n| --- | --- | --- | --- | --- | --- |")
+        for name in args.models.split(","):
+            supervised_ceiling(name, args.ceiling_steps, args.ceiling_lr, args.ceiling_batch, args.ceiling_every,
+                               args.eval_pairs)
         return 0
     if args.check_domain:
         for name in args.models.split(","):

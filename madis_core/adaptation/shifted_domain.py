@@ -45,6 +45,7 @@ SHIFTED_CAMERAS = (dict(blur=0.8, vignetting=0.35, gains=(1.0, 1.0, 1.0), gamma=
                    dict(blur=1.3, vignetting=0.55, gains=(0.8, 0.9, 1.1), gamma=0.8, shot=0.04, read=0.01))
 ADAPT_SEED = 101    # pairs to adapt on
 EVAL_SEED = 202     # held-out pairs to evaluate on
+CEILING_SEED = 303  # labelled pairs for the supervised ceiling (benchmarks/adaptation.py --ceiling)
 
 
 def vignette(h: int, w: int, strength: float) -> torch.Tensor:
@@ -67,6 +68,24 @@ def apply_camera(img: torch.Tensor, gen: torch.Generator, blur: float, vignettin
     return (img + noise).clamp(0, 1).pow(gamma)
 
 
+def through_cameras(batch: Dict[str, torch.Tensor], gen: torch.Generator,
+                    cameras: Sequence = SHIFTED_CAMERAS) -> Dict[str, torch.Tensor]:
+    """Every pair of a generator batch (in place) through the rig: ``cameras`` = (left, right),
+    each ``apply_camera``'s arguments as a dict or as (key, value) pairs."""
+    for i in range(batch["left"].shape[0]):
+        for camera, key in zip(cameras, ("left", "right")):
+            batch[key][i] = apply_camera(batch[key][i], gen, **dict(camera))
+    return batch
+
+
+def shifted_generator(seed: int, height: int = SHIFTED_SIZE[0], width: int = SHIFTED_SIZE[1],
+                      max_disparity: float = 64.0):
+    """The shifted world's scenes (before the cameras): the project's generator with ``SHIFTED_SCENE``."""
+    from madis_core.data.synthetic import SyntheticStereoGenerator
+
+    return SyntheticStereoGenerator(height, width, max_disparity, seed=seed, device="cpu", **SHIFTED_SCENE)
+
+
 #: an ideal camera (no blur, vignetting, colour cast, gamma or noise): ``shifted_samples(cameras=(IDEAL, IDEAL))``
 #: renders the same scenes as the rig would see them through perfect optics
 IDEAL_CAMERA = dict(blur=0.0, vignetting=0.0, gains=(1.0, 1.0, 1.0), gamma=1.0, shot=0.0, read=0.0)
@@ -76,18 +95,14 @@ IDEAL_CAMERA = dict(blur=0.0, vignetting=0.0, gains=(1.0, 1.0, 1.0), gamma=1.0, 
 def _shifted(n: int, seed: int, height: int, width: int, max_disparity: float,
              cameras: Tuple[Tuple[Tuple[str, object], ...], ...]) -> Tuple[Dict, ...]:
     from madis_core.data.datasets import tensor_batch_to_samples
-    from madis_core.data.synthetic import SyntheticStereoGenerator
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # identical pairs whatever the caller's thread count
     try:
-        gen = SyntheticStereoGenerator(height, width, max_disparity, seed=seed, device="cpu", **SHIFTED_SCENE)
+        gen = shifted_generator(seed, height, width, max_disparity)
         out = []
         for i in range(n):
-            batch = gen.generate(1, seed=i)
-            g = torch.Generator().manual_seed(seed * 100_003 + i)
-            for camera, key in zip(cameras, ("left", "right")):
-                batch[key][0] = apply_camera(batch[key][0], g, **dict(camera))
+            batch = through_cameras(gen.generate(1, seed=i), torch.Generator().manual_seed(seed * 100_003 + i), cameras)
             out += tensor_batch_to_samples(batch, [f"shifted-{seed}-{i:03d}"])
     finally:
         torch.set_num_threads(threads)
