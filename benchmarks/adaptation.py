@@ -150,8 +150,9 @@ def domain_gap(name: str, n: int) -> None:
 
 def supervised_ceiling(name: str, steps: int, lr: float, batch: int, eval_every: int, n_eval: int) -> None:
     """The most any adaptation could be expected to reach on the shifted domain at this
-    budget: fine-tune ``name`` *with ground truth* (the loss of the student's training,
-    BatchNorm frozen as in adaptation) on fresh labelled pairs, and score the held-out
+    budget: fine-tune ``name`` *with ground truth* (the log loss of the student's training on
+    its final disparity, as adaptation's synthetic batches use it; BatchNorm frozen as in
+    adaptation) on fresh labelled pairs, and score the held-out
     pairs every ``eval_every`` steps. Two worlds: the domain's own scenes through its
     cameras (everything known), and the project's training scenes through its cameras
     (only the cameras known)."""
@@ -191,8 +192,9 @@ def supervised_ceiling(name: str, steps: int, lr: float, batch: int, eval_every:
         after = [b for _, b in curve[1:]]
         best = min(after)
         tail = float(np.mean(after[-3:]))
-        print(f"| {label} | {steps} x {batch} | {curve[0][1]:.2f} | {best:.2f} ({100 * (best / curve[0][1] - 1):+.1f} %) | "
-              f"{tail:.2f} ({100 * (tail / curve[0][1] - 1):+.1f} %) | "
+        before = curve[0][1]
+        print(f"| {label} | {steps} x {batch} | {before:.2f} | {best:.2f} ({100 * (best / before - 1):+.1f} %) | "
+              f"{tail:.2f} ({100 * (tail / before - 1):+.1f} %) | "
               + " ".join(f"{b:.1f}" for _, b in curve[1:]) + " |", flush=True)
 
 
